@@ -1,0 +1,302 @@
+"""Row-wise distillation divergences shared by the loss functions.
+
+Every loss here works on *rows*: a classifier's samples ``(N, C)`` or a language model's tokens
+``(B, T, V)`` flattened to ``(B*T, V)``. This module turns the user's tensors into the rows that
+count (validated, ignored positions removed) and computes the per-row divergence. Two paths give
+the same numbers:
+
+* :class:`_FusedForwardKL` — a custom autograd function for forward KL with a scalar temperature.
+  It keeps two ``(N, C)`` buffers for backward and applies LoCa through per-row scalars: on a
+  mis-instructed row the calibrated teacher is ``c * p`` off the label and ``g`` at it, so
+  ``KL(p' || q) = c (A - p_gt log p_gt + (1 - p_gt) log c) + g log g - c (B - p_gt log q_gt)
+  - g log q_gt`` with ``A = sum p log p`` and ``B = sum p log q`` (plain KD's own row sums), and
+  the gradient w.r.t. the student's scaled logits is ``q - c p - (g - c p_gt) e_gt``. LoCa
+  therefore costs no extra pass over the classes beyond one ``max``.
+* :func:`divergence_rows` — plain autograd, for a learnable (tensor) temperature (CTKD), reverse
+  KL and JSD, and the rare student with ``-inf`` entries under standardization.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from logitkd._checks import check_logits, check_positive, check_same_shape, check_target
+from logitkd.calibration import check_loca_alpha, loca_scale
+from logitkd.standardization import zscore, zscore_stats
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
+DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd")
+
+
+@dataclass
+class Rows:
+    """Validated, flattened rows that enter a loss."""
+
+    student: Tensor  # (n, C), only the rows that count
+    teacher: Tensor  # (n, C), detached
+    target: Tensor | None  # (n,) or None
+    index: Tensor | None  # positions of these rows in the flattened input, None = all rows
+    total_rows: int  # rows in the flattened input
+    valid_rows: int  # non-ignored rows (before dropping mis-instructed ones)
+    student_neg_inf: bool
+    teacher_neg_inf: bool
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_c a[n, c] * b[n, c]`` in one pass (einsum dispatches to a batched dot)."""
+    return torch.einsum("nc,nc->n", a, b)
+
+
+def prepare_rows(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor | None,
+    ignore_index: int,
+    check_inputs: bool = True,
+    drop_misinstructed: bool = False,
+) -> Rows:
+    """Validate a student/teacher pair and keep the rows that count.
+
+    Rows whose target is ``ignore_index`` are removed, and with ``drop_misinstructed`` so are
+    rows where the teacher's argmax differs from the target (LoCa's "KD*" baseline).
+    """
+    if check_inputs:
+        s_inf = check_logits("student_logits", student_logits)
+        t_inf = check_logits("teacher_logits", teacher_logits)
+    else:
+        s_inf = t_inf = True  # unknown: let the paths mask -inf safely
+    check_same_shape("student_logits", student_logits, "teacher_logits", teacher_logits)
+    num_classes = student_logits.shape[-1]
+    s = student_logits.reshape(-1, num_classes)
+    t = teacher_logits.detach().reshape(-1, num_classes)
+    total = s.shape[0]
+    if target is None:
+        if drop_misinstructed:
+            raise ValueError(
+                "drop_misinstructed=True needs target (the labels) to find mis-instructed rows"
+            )
+        return Rows(s, t, None, None, total, total, s_inf, t_inf)
+    valid = check_target(target, student_logits.shape, ignore_index).reshape(-1)
+    tgt = target.reshape(-1)
+    n_valid = int(valid.sum())
+    keep = valid
+    if drop_misinstructed:
+        keep = valid & (t.argmax(dim=-1) == tgt)
+    if n_valid == total and not drop_misinstructed:
+        return Rows(s, t, tgt, None, total, total, s_inf, t_inf)
+    index = keep.nonzero().squeeze(-1)
+    return Rows(s[index], t[index], tgt[index], index, total, n_valid, s_inf, t_inf)
+
+
+def check_student_support(s: Tensor, t: Tensor) -> None:
+    """A student ``-inf`` (masked class) must be masked in the teacher too, or KL is infinite."""
+    bad = torch.isneginf(s) & ~torch.isneginf(t)
+    if bad.any():
+        raise ValueError(
+            "student_logits has -inf where teacher_logits is finite: the student would give zero "
+            "probability to a class the teacher uses (infinite KL). Mask the same entries in both."
+        )
+
+
+def scale_logits(
+    x: Tensor, temperature: float | Tensor, standardize: bool, correction: int, eps: float
+) -> Tensor:
+    """``zscore(x, T)`` or ``x / T``; ``-inf`` entries stay ``-inf`` with clean gradients."""
+    if standardize:
+        return zscore(x, temperature, correction, eps)
+    if isinstance(temperature, Tensor) and temperature.requires_grad:
+        neg_inf = torch.isneginf(x)
+        if bool(neg_inf.any()):
+            # d(x/T)/dT at x = -inf would be inf * 0 = NaN for a learnable temperature.
+            return (x.masked_fill(neg_inf, 0.0) / temperature).masked_fill(neg_inf, float("-inf"))
+    return x / temperature
+
+
+class _FusedForwardKL(torch.autograd.Function):
+    """Per-row ``T^2 * KL(p_T' || p_S)`` with a scalar temperature; see the module docstring."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        s: Tensor,
+        t: Tensor,
+        target: Tensor | None,
+        temperature: float,
+        loca_alpha: float | None,
+        standardize: bool,
+        correction: int,
+        eps: float,
+        teacher_neg_inf: bool,
+    ) -> Tensor:
+        cd = torch.float64 if s.dtype == torch.float64 else torch.float32
+        s32 = s.to(cd)
+        t32 = t.to(cd)
+        if standardize:
+            mean_s, std_s = zscore_stats(s32, correction)
+            denom = (std_s + eps) * temperature
+            z_s = (s32 - mean_s).div_(denom)
+            z_t = zscore(t32, temperature, correction, eps)
+        else:
+            mean_s = std_s = denom = None
+            z_s = s32 / temperature if temperature != 1.0 else s32
+            z_t = t32 / temperature if temperature != 1.0 else t32
+        log_q = torch.log_softmax(z_s, dim=-1)
+        del z_s
+        log_p = torch.log_softmax(z_t, dim=-1)
+        del z_t
+        p = torch.exp(log_p)
+        if loca_alpha is not None:
+            lp_max, arg = log_p.max(
+                dim=-1
+            )  # before masking: masked entries are -inf, never the max
+        if teacher_neg_inf:
+            # p = 0 there; 0 * -inf must count as 0 in both row sums.
+            masked = torch.isneginf(log_p)
+            log_p.masked_fill_(masked, 0.0)
+            log_q_dot = log_q.masked_fill(masked, 0.0)
+        else:
+            log_q_dot = log_q
+        a_sum = _rowdot(p, log_p)  # sum p log p
+        b_sum = _rowdot(p, log_q_dot)  # sum p log q
+        if loca_alpha is None:
+            kl = a_sum - b_sum
+            coef = new_gt = gt = None
+        else:
+            gt = target.unsqueeze(-1)
+            p_gt = p.gather(-1, gt).squeeze(-1)
+            lq_gt = log_q.gather(-1, gt).squeeze(-1)
+            mis = arg != target
+            coef, new_gt, _ = loca_scale(p_gt, lp_max.exp(), mis, loca_alpha)
+            xlogx_gt = torch.special.xlogy(p_gt, p_gt)
+            p_lq_gt = torch.where(p_gt > 0, p_gt * lq_gt, torch.zeros_like(p_gt))
+            kl = (
+                coef * (a_sum - xlogx_gt + (1.0 - p_gt) * torch.log(coef))
+                + torch.special.xlogy(new_gt, new_gt)
+                - coef * (b_sum - p_lq_gt)
+                - torch.where(new_gt > 0, new_gt * lq_gt, torch.zeros_like(new_gt))
+            )
+        ctx.save_for_backward(s, p, log_q, coef, new_gt, gt, mean_s, denom, std_s)
+        ctx.temperature = temperature
+        ctx.standardize = standardize
+        ctx.correction = correction
+        ctx.in_dtype = s.dtype
+        # Rounding can leave -1e-8 on identical rows; KL is >= 0.
+        return kl.clamp_min(0.0) * (temperature * temperature)
+
+    @staticmethod
+    def backward(ctx, grad_rows: Tensor):  # type: ignore[override]
+        s, p, log_q, coef, new_gt, gt, mean_s, denom, std_s = ctx.saved_tensors
+        temperature = ctx.temperature
+        g = torch.exp(log_q)  # q
+        if coef is None:
+            g.sub_(p)
+        else:
+            g.addcmul_(coef.unsqueeze(-1), p, value=-1.0)
+            p_gt = p.gather(-1, gt).squeeze(-1)
+            g.scatter_add_(-1, gt, (coef * p_gt - new_gt).unsqueeze(-1))
+        # d(T^2 KL)/dz = T^2 (q - p'), and z = s / T (or the z-score) adds 1/T.
+        w = grad_rows.to(g.dtype) * (temperature * temperature)
+        if not ctx.standardize:
+            g.mul_((w / temperature).unsqueeze(-1))
+            return g.to(ctx.in_dtype), None, None, None, None, None, None, None, None
+        g.mul_(w.unsqueeze(-1))
+        # z = (x - mu) / (d * T), d = sigma + eps  =>
+        # dL/dx = [(g - mean g) - (x - mu) * sum(g (x - mu)) / (d (K - c) sigma)] / (d T)
+        xc = s.to(g.dtype) - mean_s
+        k = s.shape[-1]
+        proj = _rowdot(g, xc).unsqueeze(-1) / (
+            (denom / temperature)
+            * (k - ctx.correction)
+            * std_s.clamp_min(torch.finfo(g.dtype).tiny)
+        )
+        g.sub_(g.mean(dim=-1, keepdim=True)).sub_(xc.mul_(proj)).div_(denom)
+        return g.to(ctx.in_dtype), None, None, None, None, None, None, None, None
+
+
+def _loca_apply(p: Tensor, target: Tensor, alpha: float) -> Tensor:
+    """Differentiable LoCa on rows ``p`` (N, C) with valid targets (N,) (gradient flows through
+    ``p``, e.g. to a learnable temperature; the mis-instruction mask itself is discrete)."""
+    gt = target.unsqueeze(-1)
+    p_max, arg = p.max(dim=-1)
+    p_gt = p.gather(-1, gt).squeeze(-1)
+    coef, new_gt, _ = loca_scale(p_gt, p_max, arg != target, alpha)
+    return (p * coef.unsqueeze(-1)).scatter(-1, gt, new_gt.unsqueeze(-1))
+
+
+def _kl_rows(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """``sum a (log a - log b)`` with ``0 log 0 = 0`` and masked entries ignored."""
+    a = log_a.exp()
+    diff = torch.where(a > 0, log_a - log_b, torch.zeros_like(log_a))
+    return (a * diff).sum(dim=-1)
+
+
+def divergence_rows(
+    s: Tensor,
+    t: Tensor,
+    target: Tensor | None,
+    temperature: float | Tensor,
+    loca_alpha: float | None,
+    standardize: bool,
+    divergence: str,
+    correction: int = 0,
+    eps: float = 1e-7,
+    jsd_beta: float = 0.5,
+) -> Tensor:
+    """Per-row ``T^2 * D(p_T', p_S)`` by plain autograd (any temperature tensor, any divergence).
+
+    ``temperature`` may be a tensor of shape ``()``, ``(n,)`` or ``(n, 1)`` with gradient (CTKD).
+    """
+    cd = torch.float64 if s.dtype == torch.float64 else torch.float32
+    temp = temperature
+    if isinstance(temp, Tensor):
+        temp = temp.to(cd)
+        if temp.dim() == 1:
+            temp = temp.unsqueeze(-1)
+    s32, t32 = s.to(cd), t.to(cd)
+    z_s = scale_logits(s32, temp, standardize, correction, eps)
+    z_t = scale_logits(t32, temp, standardize, correction, eps)
+    log_q = F.log_softmax(z_s, dim=-1)
+    log_p = F.log_softmax(z_t, dim=-1)
+    if loca_alpha is not None:
+        p_cal = _loca_apply(log_p.exp(), target, loca_alpha)
+        log_p = torch.where(
+            p_cal > 0,
+            p_cal.clamp_min(torch.finfo(cd).tiny).log(),
+            torch.full_like(p_cal, float("-inf")),
+        )
+    if divergence == "forward_kl":
+        rows = _kl_rows(log_p, log_q)
+    elif divergence == "reverse_kl":
+        rows = _kl_rows(log_q, log_p)
+    elif divergence == "jsd":
+        # Generalised JSD (as in GKD): beta KL(p || m) + (1 - beta) KL(q || m), m = beta p + (1-beta) q.
+        if not 0.0 < jsd_beta < 1.0:
+            raise ValueError(f"jsd_beta must be in (0, 1), got {jsd_beta}")
+        log_m = torch.logaddexp(log_p + math.log(jsd_beta), log_q + math.log(1.0 - jsd_beta))
+        rows = jsd_beta * _kl_rows(log_p, log_m) + (1 - jsd_beta) * _kl_rows(log_q, log_m)
+    else:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    t2 = temp * temp
+    if isinstance(t2, Tensor) and t2.dim() == 2:
+        t2 = t2.squeeze(-1)
+    return rows.clamp_min(0.0) * t2
+
+
+def check_temperature(temperature: float | Tensor) -> None:
+    check_positive("temperature", temperature)
+
+
+def check_loca(loca_alpha: float | None, target: Tensor | None) -> None:
+    if loca_alpha is None:
+        return
+    if target is None:
+        raise ValueError(
+            "loca_alpha needs target (the labels): LoCa calibrates the teacher toward them"
+        )
+    check_loca_alpha(loca_alpha)
