@@ -8,7 +8,21 @@ do not use.
 
 from __future__ import annotations
 
+from logitkd.losses.ctkd import CTKD, curriculum_lambda, grad_reverse
 from logitkd.losses.dkd import DKD, dkd_loss, dkd_terms
 from logitkd.losses.kd import KD, kd_loss
+from logitkd.losses.mlkd import MLKD, mlkd_loss, mlkd_terms
 
-__all__ = ["DKD", "KD", "dkd_loss", "dkd_terms", "kd_loss"]
+__all__ = [
+    "CTKD",
+    "DKD",
+    "KD",
+    "MLKD",
+    "curriculum_lambda",
+    "dkd_loss",
+    "dkd_terms",
+    "grad_reverse",
+    "kd_loss",
+    "mlkd_loss",
+    "mlkd_terms",
+]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from logitkd._checks import check_logits, check_positive, check_same_shape, check_target
 from logitkd.calibration import check_loca_alpha, loca_scale
-from logitkd.standardization import zscore, zscore_stats
+from logitkd.standardization import zscore
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd")
@@ -118,8 +118,120 @@ def scale_logits(
     return x / temperature
 
 
+# Rows per block: about 2**20 elements keeps each block's buffers cache-sized and lets the
+# allocator reuse them instead of page-faulting fresh (N, C) tensors, which dominates on CPU.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _shifted_scaled(
+    x: Tensor, temperature: float, standardize: bool, correction: int, eps: float
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``z - max(z)`` per row for ``z = x / T`` or ``z = zscore(x, T)``.
+
+    Returns ``(z_shifted, mean, scale)`` where ``scale = 1 / ((std + eps) T)`` (standardize only).
+    Shifting by the row max makes ``exp`` safe and puts ``p_max = 1 / sum(exp(z_shifted))``.
+    """
+    if standardize:
+        mean = x.mean(dim=-1, keepdim=True)
+        xc = x - mean
+        var = _rowdot(xc, xc).unsqueeze(-1) / (x.shape[-1] - correction)
+        scale = 1.0 / ((var.sqrt() + eps) * temperature)
+        return xc.sub_(xc.amax(dim=-1, keepdim=True)).mul_(scale), mean, scale
+    z = x - x.amax(dim=-1, keepdim=True)
+    return (z.mul_(1.0 / temperature) if temperature != 1.0 else z), None, None
+
+
+def _misinstructed(t: Tensor, target: Tensor) -> Tensor:
+    """``argmax(t) != target`` per row from one ``amax``; ties fall back to ``argmax`` itself."""
+    gt = target.unsqueeze(-1)
+    t_max = t.amax(dim=-1)
+    t_gt = t.gather(-1, gt).squeeze(-1)
+    mis = t_gt < t_max
+    tie = t_gt == t_max
+    if bool(tie.any()):  # label shares the top value: argmax picks the first index
+        rows = tie.nonzero().squeeze(-1)
+        mis[rows] = t[rows].argmax(dim=-1) != target[rows]
+    return mis
+
+
+def _kd_block(
+    s: Tensor,
+    t: Tensor,
+    target: Tensor | None,
+    temperature: float,
+    loca_alpha: float | None,
+    standardize: bool,
+    correction: int,
+    eps: float,
+    neg_inf: bool,
+    grad_out: Tensor | None,
+) -> Tensor:
+    """Per-row ``T^2 KL(p' || q)`` for one block of rows; writes ``d/ds`` into ``grad_out``."""
+    cd = grad_out.dtype if grad_out is not None and grad_out.dtype == torch.float64 else None
+    cd = cd or (torch.float64 if s.dtype == torch.float64 else torch.float32)
+    s, t = s.to(cd), t.to(cd)
+    zt, _, _ = _shifted_scaled(t, temperature, standardize, correction, eps)
+    zs, mean_s, scale_s = _shifted_scaled(s, temperature, standardize, correction, eps)
+    et, es = torch.exp(zt), torch.exp(zs)
+    se_t, se_s = et.sum(dim=-1), es.sum(dim=-1)
+    lse_t, lse_s = se_t.log(), se_s.log()
+    if neg_inf:  # masked classes: p = 0 there, and 0 * -inf must count as 0
+        masked = torch.isneginf(zt)
+        zt_dot, zs_dot = zt.masked_fill(masked, 0.0), zs.masked_fill(masked, 0.0)
+    else:
+        zt_dot, zs_dot = zt, zs
+    a_sum = _rowdot(et, zt_dot) / se_t - lse_t  # sum p log p
+    b_sum = _rowdot(et, zs_dot) / se_t - lse_s  # sum p log q
+    if loca_alpha is None:
+        kl = a_sum - b_sum
+        coef = p_gt = new_gt = gt = None
+    else:
+        gt = target.unsqueeze(-1)
+        zt_gt = zt.gather(-1, gt).squeeze(-1)
+        p_gt = torch.exp(zt_gt - lse_t)
+        lq_gt = zs.gather(-1, gt).squeeze(-1) - lse_s
+        coef, new_gt, _ = loca_scale(p_gt, 1.0 / se_t, _misinstructed(t, target), loca_alpha)
+        zero = torch.zeros_like(p_gt)
+        kl = (
+            coef * (a_sum - torch.special.xlogy(p_gt, p_gt) + (1.0 - p_gt) * torch.log(coef))
+            + torch.special.xlogy(new_gt, new_gt)
+            - coef * (b_sum - torch.where(p_gt > 0, p_gt * lq_gt, zero))
+            - torch.where(new_gt > 0, new_gt * lq_gt, zero)
+        )
+    t2 = temperature * temperature
+    if grad_out is not None:
+        # d(T^2 KL)/dz = T^2 (q - p'),  p' = c p off the label and g at it.
+        g = es.mul_((t2 / se_s).unsqueeze(-1))
+        c_t = (coef if coef is not None else torch.ones_like(se_t)) * (t2 / se_t)
+        g.addcmul_(et, c_t.unsqueeze(-1), value=-1.0)
+        if coef is not None:
+            g.scatter_add_(-1, gt, (t2 * (coef * p_gt - new_gt)).unsqueeze(-1))
+        if standardize:
+            # z = (x - mu) k, k = 1 / (d T), d = sigma + eps:
+            # dL/dx = k [(g - mean g) - (x - mu) sum(g (x - mu)) / (d (K - c) sigma)]
+            xc = s - mean_s
+            k_cols = s.shape[-1] - correction
+            var = _rowdot(xc, xc).unsqueeze(-1) / k_cols
+            sigma = var.sqrt()
+            d = 1.0 / (scale_s * temperature)
+            proj = _rowdot(g, xc).unsqueeze(-1) / (
+                d * k_cols * sigma.clamp_min(torch.finfo(cd).tiny)
+            )
+            g.sub_(g.mean(dim=-1, keepdim=True)).sub_(xc.mul_(proj)).mul_(scale_s)
+        else:
+            g.mul_(1.0 / temperature)
+        grad_out.copy_(g)
+    # Rounding can leave -1e-8 on identical rows; KL is >= 0.
+    return kl.clamp_min(0.0) * t2
+
+
 class _FusedForwardKL(torch.autograd.Function):
-    """Per-row ``T^2 * KL(p_T' || p_S)`` with a scalar temperature; see the module docstring."""
+    """Per-row ``T^2 * KL(p_T' || p_S)`` with a scalar temperature; see the module docstring.
+
+    Works through the rows in cache-sized blocks and computes the gradient w.r.t. the student
+    in the same pass (as Liger-Kernel's fused losses do), so the only ``(N, C)`` buffer kept is
+    that gradient; backward scales it by the incoming per-row weights.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -134,89 +246,35 @@ class _FusedForwardKL(torch.autograd.Function):
         eps: float,
         teacher_neg_inf: bool,
     ) -> Tensor:
-        cd = torch.float64 if s.dtype == torch.float64 else torch.float32
-        s32 = s.to(cd)
-        t32 = t.to(cd)
-        if standardize:
-            mean_s, std_s = zscore_stats(s32, correction)
-            denom = (std_s + eps) * temperature
-            z_s = (s32 - mean_s).div_(denom)
-            z_t = zscore(t32, temperature, correction, eps)
-        else:
-            mean_s = std_s = denom = None
-            z_s = s32 / temperature if temperature != 1.0 else s32
-            z_t = t32 / temperature if temperature != 1.0 else t32
-        log_q = torch.log_softmax(z_s, dim=-1)
-        del z_s
-        log_p = torch.log_softmax(z_t, dim=-1)
-        del z_t
-        p = torch.exp(log_p)
-        if loca_alpha is not None:
-            lp_max, arg = log_p.max(
-                dim=-1
-            )  # before masking: masked entries are -inf, never the max
-        if teacher_neg_inf:
-            # p = 0 there; 0 * -inf must count as 0 in both row sums.
-            masked = torch.isneginf(log_p)
-            log_p.masked_fill_(masked, 0.0)
-            log_q_dot = log_q.masked_fill(masked, 0.0)
-        else:
-            log_q_dot = log_q
-        a_sum = _rowdot(p, log_p)  # sum p log p
-        b_sum = _rowdot(p, log_q_dot)  # sum p log q
-        if loca_alpha is None:
-            kl = a_sum - b_sum
-            coef = new_gt = gt = None
-        else:
-            gt = target.unsqueeze(-1)
-            p_gt = p.gather(-1, gt).squeeze(-1)
-            lq_gt = log_q.gather(-1, gt).squeeze(-1)
-            mis = arg != target
-            coef, new_gt, _ = loca_scale(p_gt, lp_max.exp(), mis, loca_alpha)
-            xlogx_gt = torch.special.xlogy(p_gt, p_gt)
-            p_lq_gt = torch.where(p_gt > 0, p_gt * lq_gt, torch.zeros_like(p_gt))
-            kl = (
-                coef * (a_sum - xlogx_gt + (1.0 - p_gt) * torch.log(coef))
-                + torch.special.xlogy(new_gt, new_gt)
-                - coef * (b_sum - p_lq_gt)
-                - torch.where(new_gt > 0, new_gt * lq_gt, torch.zeros_like(new_gt))
+        n, c = s.shape
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(s) if need_grad else None
+        out_dtype = torch.float64 if s.dtype == torch.float64 else torch.float32
+        rows = torch.empty(n, dtype=out_dtype, device=s.device)
+        step = max(1, _BLOCK_ELEMENTS // max(c, 1))
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            rows[lo:hi] = _kd_block(
+                s[lo:hi],
+                t[lo:hi],
+                None if target is None else target[lo:hi],
+                temperature,
+                loca_alpha,
+                standardize,
+                correction,
+                eps,
+                teacher_neg_inf,
+                None if grad is None else grad[lo:hi],
             )
-        ctx.save_for_backward(s, p, log_q, coef, new_gt, gt, mean_s, denom, std_s)
-        ctx.temperature = temperature
-        ctx.standardize = standardize
-        ctx.correction = correction
-        ctx.in_dtype = s.dtype
-        # Rounding can leave -1e-8 on identical rows; KL is >= 0.
-        return kl.clamp_min(0.0) * (temperature * temperature)
+        ctx.save_for_backward(grad)
+        return rows
 
     @staticmethod
     def backward(ctx, grad_rows: Tensor):  # type: ignore[override]
-        s, p, log_q, coef, new_gt, gt, mean_s, denom, std_s = ctx.saved_tensors
-        temperature = ctx.temperature
-        g = torch.exp(log_q)  # q
-        if coef is None:
-            g.sub_(p)
-        else:
-            g.addcmul_(coef.unsqueeze(-1), p, value=-1.0)
-            p_gt = p.gather(-1, gt).squeeze(-1)
-            g.scatter_add_(-1, gt, (coef * p_gt - new_gt).unsqueeze(-1))
-        # d(T^2 KL)/dz = T^2 (q - p'), and z = s / T (or the z-score) adds 1/T.
-        w = grad_rows.to(g.dtype) * (temperature * temperature)
-        if not ctx.standardize:
-            g.mul_((w / temperature).unsqueeze(-1))
-            return g.to(ctx.in_dtype), None, None, None, None, None, None, None, None
-        g.mul_(w.unsqueeze(-1))
-        # z = (x - mu) / (d * T), d = sigma + eps  =>
-        # dL/dx = [(g - mean g) - (x - mu) * sum(g (x - mu)) / (d (K - c) sigma)] / (d T)
-        xc = s.to(g.dtype) - mean_s
-        k = s.shape[-1]
-        proj = _rowdot(g, xc).unsqueeze(-1) / (
-            (denom / temperature)
-            * (k - ctx.correction)
-            * std_s.clamp_min(torch.finfo(g.dtype).tiny)
-        )
-        g.sub_(g.mean(dim=-1, keepdim=True)).sub_(xc.mul_(proj)).div_(denom)
-        return g.to(ctx.in_dtype), None, None, None, None, None, None, None, None
+        (grad,) = ctx.saved_tensors
+        # Out of place: autograd may run this backward more than once (retain_graph, gradcheck).
+        grad = grad * grad_rows.to(grad.dtype).unsqueeze(-1)
+        return grad, None, None, None, None, None, None, None, None
 
 
 def _loca_apply(p: Tensor, target: Tensor, alpha: float) -> Tensor:

@@ -97,7 +97,10 @@ def dkd_terms(
     log_q_nt = log_q.scatter(-1, gt, float("-inf")) - lq_rest.unsqueeze(-1)
     log_p_nt = log_p.scatter(-1, gt, float("-inf")) - _binary_log(log_p, gt)[1].unsqueeze(-1)
     p_nt = log_p_nt.exp()
-    nckd_rows = torch.where(p_nt > 0, p_nt * (log_p_nt - log_q_nt), torch.zeros_like(p_nt)).sum(-1)
+    # Select before multiplying: the target column holds -inf - -inf = NaN, and a NaN in the
+    # unselected branch of where() would still poison a learnable temperature's gradient.
+    nt_diff = torch.where(p_nt > 0, log_p_nt - log_q_nt, torch.zeros_like(p_nt))
+    nckd_rows = (p_nt * nt_diff).sum(-1)
     t2 = temp * temp
     if isinstance(t2, Tensor):
         t2 = t2.reshape(-1)

@@ -1,0 +1,5 @@
+import sys
+
+from logitkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI subcommand families (top layer): each module has ``register(subparsers)``."""
