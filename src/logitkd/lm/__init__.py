@@ -50,6 +50,13 @@ _EXPORTS: dict[str, str] = {
     "rouge_l_per_sample": "rouge",
     "summarize_over_seeds": "rouge",
     "token_misinstruction_ratio": "rouge",
+    # distillation: chunked loss, trainer, configs, methods
+    "ChunkedLoss": "chunked",
+    "chunked_distill_loss": "chunked",
+    "chunked_kd_loss": "chunked",
+    "DistillationTrainer": "trainer",
+    "LMConfig": "config",
+    "make_tiny_assets": "methods",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -49,8 +49,8 @@ class Rows:
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_c a[n, c] * b[n, c]`` in one pass (einsum dispatches to a batched dot)."""
-    return torch.einsum("nc,nc->n", a, b)
+    """``sum_c a[n, c] * b[n, c]`` (on cache-sized blocks a product and a sum beat einsum)."""
+    return (a * b).sum(dim=-1)
 
 
 def prepare_rows(
