@@ -66,11 +66,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from logitkd._checks import compute_dtype
 from logitkd.calibration import check_loca_alpha
+from logitkd.losses._base import cross_entropy_term, linear_warmup
 from logitkd.losses.dkd import dkd_terms
 from logitkd.losses.kd import kd_loss
 
@@ -301,9 +300,7 @@ class CTKD(nn.Module):
         return self.temperature_module(teacher_logits, student_logits, self.lambda_at(epoch))
 
     def dkd_warmup(self, epoch: float | None) -> float:
-        if epoch is None or self.dkd_warmup_epochs == 0:
-            return 1.0
-        return min(float(epoch) / self.dkd_warmup_epochs, 1.0)
+        return linear_warmup(epoch, self.dkd_warmup_epochs)
 
     def forward(
         self,
@@ -340,11 +337,7 @@ class CTKD(nn.Module):
                 ignore_index=self.ignore_index,
             )
             distill = self.dkd_warmup(epoch) * (self.dkd_alpha * tckd + self.dkd_beta * nckd)
-        ce = F.cross_entropy(
-            student_logits.reshape(-1, student_logits.shape[-1]).to(compute_dtype(student_logits)),
-            target.reshape(-1),
-            ignore_index=self.ignore_index,
-        )
+        ce = cross_entropy_term(student_logits, target, self.ignore_index)
         return {"ce": self.ce_weight * ce, "kd": self.kd_weight * distill}
 
     def extra_repr(self) -> str:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from logitkd.calibration import check_loca_alpha
+from logitkd.losses._base import cross_entropy_term, linear_warmup
 from logitkd.losses._reduce import reduce_rows
 from logitkd.losses._rows import (
     _loca_apply,
@@ -171,9 +172,7 @@ class DKD(nn.Module):
         self.ignore_index = ignore_index
 
     def warmup_factor(self, epoch: float | None) -> float:
-        if epoch is None or self.warmup_epochs == 0:
-            return 1.0
-        return min(float(epoch) / self.warmup_epochs, 1.0)
+        return linear_warmup(epoch, self.warmup_epochs)
 
     def forward(
         self,
@@ -183,11 +182,7 @@ class DKD(nn.Module):
         epoch: float | None = None,
         **_: object,
     ) -> dict[str, Tensor]:
-        ce = F.cross_entropy(
-            student_logits.reshape(-1, student_logits.shape[-1]).float(),
-            target.reshape(-1),
-            ignore_index=self.ignore_index,
-        )
+        ce = cross_entropy_term(student_logits, target, self.ignore_index)
         dkd = dkd_loss(
             student_logits,
             teacher_logits,

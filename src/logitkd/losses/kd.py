@@ -12,10 +12,10 @@ on CIFAR-100 and 0.99/0.995 on ImageNet.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from logitkd.calibration import check_loca_alpha
+from logitkd.losses._base import cross_entropy_term
 from logitkd.losses._reduce import reduce_rows
 from logitkd.losses._rows import (
     DIVERGENCES,
@@ -156,11 +156,7 @@ class KD(nn.Module):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, **_: object
     ) -> dict[str, Tensor]:
-        ce = F.cross_entropy(
-            student_logits.reshape(-1, student_logits.shape[-1]).float(),
-            target.reshape(-1),
-            ignore_index=self.ignore_index,
-        )
+        ce = cross_entropy_term(student_logits, target, self.ignore_index)
         kd = kd_loss(
             student_logits,
             teacher_logits,

@@ -60,11 +60,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from logitkd._checks import check_logits, check_positive, compute_dtype
 from logitkd.calibration import check_loca_alpha
+from logitkd.losses._base import cross_entropy_term
 from logitkd.losses._rows import check_loca
 from logitkd.losses.kd import kd_loss
 from logitkd.standardization import zscore
@@ -297,11 +297,9 @@ class MLKD(nn.Module):
             self.standardize,
             confidence_mask=self.confidence_mask,
         )
-        ce = F.cross_entropy(student_logits.to(compute_dtype(student_logits)), target)
+        ce = cross_entropy_term(student_logits, target)
         if student_logits_strong is not None:
-            ce = ce + F.cross_entropy(
-                student_logits_strong.to(compute_dtype(student_logits_strong)), target
-            )
+            ce = ce + cross_entropy_term(student_logits_strong, target)
         return {
             "ce": self.ce_weight * ce,
             "kd_instance": self.kd_weight * terms["instance"],
