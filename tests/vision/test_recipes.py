@@ -1,0 +1,77 @@
+"""Every recipe in configs/ loads into a VisionConfig and builds its loss module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from logitkd.vision.config import load_vision_config
+from logitkd.vision.losses_factory import build_loss
+from logitkd.vision.models_small import all_model_names
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+RECIPES = [
+    *sorted(p for sub in ("cifar100", "imagenet") for p in (CONFIGS / sub).rglob("*.yaml")),
+    CONFIGS / "demo.yaml",
+]
+
+
+def _model_ok(name: str) -> bool:
+    return name.removeprefix("imagenet:") in all_model_names()
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_recipe_builds_config_and_loss(path: Path):
+    is_base = "methods" in path.parts or path.name == "base.yaml"
+    # Shared bases name no teacher; load them as a cell would, with one.
+    cfg = load_vision_config(path, ["teacher.name=resnet56"] if is_base else [])
+    loss = build_loss(cfg.method, num_classes=100)
+    assert callable(loss)
+    assert _model_ok(cfg.model.name), cfg.model.name
+    if cfg.method.name != "ce" and not is_base:
+        assert cfg.teacher.name is not None and _model_ok(cfg.teacher.name)
+        ckpt = cfg.teacher.checkpoint or ""
+        assert ckpt.startswith("checkpoints/") and ckpt.endswith(".pth"), ckpt  # local, never a URL
+    if cfg.model.name.startswith(("MobileNet", "Shuffle")) and cfg.data.name == "cifar100":
+        assert cfg.optim.lr == 0.01
+    elif cfg.data.name == "cifar100":
+        assert cfg.optim.lr == 0.05
+
+
+def test_the_paper_cells_are_all_there():
+    def count(pattern: str) -> int:
+        return len(list((CONFIGS / "cifar100").glob(pattern)))
+
+    pairs = 11
+    assert (
+        count("loca/*_kd.yaml")
+        == count("loca/*_loca095.yaml")
+        == count("loca/*_loca098.yaml")
+        == pairs
+    )
+    assert count("kd_star/*.yaml") == pairs
+    assert count("dkd/*_dkd_loca.yaml") == pairs
+    for m in ("kd", "ctkd", "dkd", "mlkd"):
+        assert count(f"ls/*_{m}.yaml") == count(f"ls/*_{m}_ls.yaml") == pairs
+    assert len(list((CONFIGS / "imagenet").glob("resnet34_resnet18_*.yaml"))) == 5
+    assert len(list((CONFIGS / "imagenet").glob("resnet50_mobilenetv1_*.yaml"))) == 5
+
+
+def test_cell_values_follow_the_papers():
+    cfg = load_vision_config(CONFIGS / "cifar100/loca/resnet32x4_resnet8x4_loca098.yaml")
+    assert (cfg.method.name, cfg.method.loca_alpha, cfg.method.temperature) == ("kd", 0.98, 4.0)
+    assert (cfg.schedule.epochs, cfg.schedule.milestones, cfg.data.batch_size) == (
+        240,
+        [150, 180, 210],
+        64,
+    )
+    assert cfg.optim.weight_decay == 5e-4
+    dkd = load_vision_config(CONFIGS / "cifar100/dkd/resnet56_resnet20_dkd.yaml")
+    assert (dkd.method.dkd_beta, dkd.method.warmup_epochs) == (2.0, 20)
+    ls = load_vision_config(CONFIGS / "cifar100/ls/vgg13_vgg8_kd_ls.yaml")
+    assert (ls.method.standardize, ls.method.temperature, ls.method.kd_weight) == (True, 2.0, 9.0)
+    star = build_loss(
+        load_vision_config(CONFIGS / "cifar100/kd_star/resnet56_resnet20.yaml").method
+    )
+    assert star.drop_misinstructed
