@@ -60,7 +60,11 @@ def check_same_shape(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
 
 
 def check_target(
-    target: Tensor, scores_shape: torch.Size, ignore_index: int = -100, name: str = "target"
+    target: Tensor,
+    scores_shape: torch.Size,
+    ignore_index: int = -100,
+    name: str = "target",
+    check_range: bool = True,
 ) -> Tensor:
     """Validate class indices of shape ``scores_shape[:-1]`` in ``[0, C)`` or ``ignore_index``.
 
@@ -81,7 +85,7 @@ def check_target(
         )
     num_classes = scores_shape[-1]
     valid = target != ignore_index
-    if target.numel():
+    if check_range and target.numel():
         bad = valid & ((target < 0) | (target >= num_classes))
         if bad.any():
             value = int(target[bad].flatten()[0])

@@ -261,3 +261,17 @@ def test_kd_module_terms():
     torch.testing.assert_close(terms["kd"], 0.9 * kd_loss(s, t, y, 4.0, loca_alpha=0.95))
     with pytest.raises(ValueError, match="alpha"):
         KD(loca_alpha=-1.0)
+
+
+def test_check_inputs_false_skips_scans_but_keeps_values():
+    s, t, y = _pair(4, (6, 9), dtype=torch.float32)
+    for loca in (None, 0.9):
+        for standardize in (False, True):
+            a = kd_loss(s, t, y, 2.0, loca_alpha=loca, standardize=standardize)
+            b = kd_loss(s, t, y, 2.0, loca_alpha=loca, standardize=standardize, check_inputs=False)
+            torch.testing.assert_close(a, b)
+    module = KD(loca_alpha=0.9, check_inputs=False)
+    torch.testing.assert_close(module(s, t, y)["kd"], KD(loca_alpha=0.9)(s, t, y)["kd"])
+    # the shape check stays on
+    with pytest.raises(ValueError, match="same shape"):
+        kd_loss(s, t[:2], y, check_inputs=False)

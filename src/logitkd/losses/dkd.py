@@ -155,6 +155,7 @@ class DKD(nn.Module):
         loca_alpha: float | None = None,
         standardize: bool = False,
         ignore_index: int = -100,
+        check_inputs: bool = True,
     ) -> None:
         super().__init__()
         check_temperature(temperature)
@@ -170,6 +171,8 @@ class DKD(nn.Module):
         self.loca_alpha = loca_alpha
         self.standardize = standardize
         self.ignore_index = ignore_index
+        # False skips the NaN/inf and label-range scans (a host sync per step on a GPU).
+        self.check_inputs = check_inputs
 
     def warmup_factor(self, epoch: float | None) -> float:
         return linear_warmup(epoch, self.warmup_epochs)
@@ -193,5 +196,6 @@ class DKD(nn.Module):
             loca_alpha=self.loca_alpha,
             standardize=self.standardize,
             ignore_index=self.ignore_index,
+            check_inputs=self.check_inputs,
         )
         return {"ce": self.ce_weight * ce, "dkd": self.warmup_factor(epoch) * dkd}

@@ -140,6 +140,7 @@ class KD(nn.Module):
         standardize: bool = False,
         drop_misinstructed: bool = False,
         ignore_index: int = -100,
+        check_inputs: bool = True,
     ) -> None:
         super().__init__()
         check_temperature(temperature)
@@ -152,6 +153,8 @@ class KD(nn.Module):
         self.standardize = standardize
         self.drop_misinstructed = drop_misinstructed
         self.ignore_index = ignore_index
+        # False skips the NaN/inf and label-range scans (a host sync per step on a GPU).
+        self.check_inputs = check_inputs
 
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, target: Tensor, **_: object
@@ -166,6 +169,7 @@ class KD(nn.Module):
             standardize=self.standardize,
             drop_misinstructed=self.drop_misinstructed,
             ignore_index=self.ignore_index,
+            check_inputs=self.check_inputs,
         )
         return {"ce": self.ce_weight * ce, "kd": self.kd_weight * kd}
 
