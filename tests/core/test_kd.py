@@ -275,3 +275,17 @@ def test_check_inputs_false_skips_scans_but_keeps_values():
     # the shape check stays on
     with pytest.raises(ValueError, match="same shape"):
         kd_loss(s, t[:2], y, check_inputs=False)
+
+
+def test_loca_tie_for_top_follows_argmax_semantics():
+    """A label tied for the teacher's top value is mis-instructed iff argmax (first index) differs."""
+    t = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    s = torch.randn(3, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])  # row 0: argmax 0 == label; rows 1, 2: argmax 0 != label
+    got = kd_loss(s, t, y, 1.0, loca_alpha=0.9, reduction="none")
+    for i in range(3):
+        want = kd_reference(s[i : i + 1], t[i : i + 1], y[i : i + 1], 1.0, 0.9)
+        assert float(got[i]) == pytest.approx(want, rel=1e-10)
+    plain = kd_loss(s, t, y, 1.0, reduction="none")
+    assert float(got[0]) == pytest.approx(float(plain[0]))
+    assert float(got[1]) != pytest.approx(float(plain[1]))

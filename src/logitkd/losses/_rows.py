@@ -127,29 +127,35 @@ def scale_logits(
 _BLOCK_ELEMENTS = 1 << 20
 
 
+def _row_std(xc: Tensor, correction: int) -> Tensor:
+    """Row std of centred values from a norm: one reduction and no temporary."""
+    return torch.linalg.vector_norm(xc, dim=-1, keepdim=True) / math.sqrt(xc.shape[-1] - correction)
+
+
 def _shifted_scaled(
     x: Tensor, temperature: float, standardize: bool, correction: int, eps: float
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """``z - max(z)`` per row for ``z = x / T`` or ``z = zscore(x, T)``.
 
-    Returns ``(z_shifted, mean, scale)`` where ``scale = 1 / ((std + eps) T)`` (standardize only).
-    Shifting by the row max makes ``exp`` safe and puts ``p_max = 1 / sum(exp(z_shifted))``.
+    Returns ``(z_shifted, x_max, mean, scale)``: the raw row max (both transforms are monotone,
+    so it also decides the argmax), and for standardize the row mean and
+    ``scale = 1 / ((std + eps) T)``. Shifting by the max makes ``exp`` safe and puts
+    ``p_max = 1 / sum(exp(z_shifted))``.
     """
+    x_max = x.amax(dim=-1, keepdim=True)
     if standardize:
         mean = x.mean(dim=-1, keepdim=True)
         xc = x - mean
-        var = _rowdot(xc, xc).unsqueeze(-1) / (x.shape[-1] - correction)
-        scale = 1.0 / ((var.sqrt() + eps) * temperature)
-        return xc.sub_(xc.amax(dim=-1, keepdim=True)).mul_(scale), mean, scale
-    z = x - x.amax(dim=-1, keepdim=True)
-    return (z.mul_(1.0 / temperature) if temperature != 1.0 else z), None, None
+        scale = 1.0 / ((_row_std(xc, correction) + eps) * temperature)
+        return xc.sub_(x_max - mean).mul_(scale), x_max, mean, scale
+    z = x - x_max
+    return (z.mul_(1.0 / temperature) if temperature != 1.0 else z), x_max, None, None
 
 
-def _misinstructed(t: Tensor, target: Tensor) -> Tensor:
-    """``argmax(t) != target`` per row from one ``amax``; ties fall back to ``argmax`` itself."""
-    gt = target.unsqueeze(-1)
-    t_max = t.amax(dim=-1)
-    t_gt = t.gather(-1, gt).squeeze(-1)
+def _misinstructed(t: Tensor, target: Tensor, t_max: Tensor) -> Tensor:
+    """``argmax(t) != target`` per row from the row max; ties fall back to ``argmax`` itself."""
+    t_gt = t.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    t_max = t_max.squeeze(-1)
     mis = t_gt < t_max
     tie = t_gt == t_max
     if bool(tie.any()):  # label shares the top value: argmax picks the first index
@@ -174,8 +180,8 @@ def _kd_block(
     cd = grad_out.dtype if grad_out is not None and grad_out.dtype == torch.float64 else None
     cd = cd or (torch.float64 if s.dtype == torch.float64 else torch.float32)
     s, t = s.to(cd), t.to(cd)
-    zt, _, _ = _shifted_scaled(t, temperature, standardize, correction, eps)
-    zs, mean_s, scale_s = _shifted_scaled(s, temperature, standardize, correction, eps)
+    zt, t_max, _, _ = _shifted_scaled(t, temperature, standardize, correction, eps)
+    zs, _, mean_s, scale_s = _shifted_scaled(s, temperature, standardize, correction, eps)
     et, es = torch.exp(zt), torch.exp(zs)
     se_t, se_s = et.sum(dim=-1), es.sum(dim=-1)
     lse_t, lse_s = se_t.log(), se_s.log()
@@ -194,7 +200,7 @@ def _kd_block(
         zt_gt = zt.gather(-1, gt).squeeze(-1)
         p_gt = torch.exp(zt_gt - lse_t)
         lq_gt = zs.gather(-1, gt).squeeze(-1) - lse_s
-        coef, new_gt, _ = loca_scale(p_gt, 1.0 / se_t, _misinstructed(t, target), loca_alpha)
+        coef, new_gt, _ = loca_scale(p_gt, 1.0 / se_t, _misinstructed(t, target, t_max), loca_alpha)
         zero = torch.zeros_like(p_gt)
         kl = (
             coef * (a_sum - torch.special.xlogy(p_gt, p_gt) + (1.0 - p_gt) * torch.log(coef))
@@ -213,15 +219,12 @@ def _kd_block(
         if standardize:
             # z = (x - mu) k, k = 1 / (d T), d = sigma + eps:
             # dL/dx = k [(g - mean g) - (x - mu) sum(g (x - mu)) / (d (K - c) sigma)]
+            # (mean g is 0 up to rounding: q and p' both sum to 1, so that term is dropped)
             xc = s - mean_s
-            k_cols = s.shape[-1] - correction
-            var = _rowdot(xc, xc).unsqueeze(-1) / k_cols
-            sigma = var.sqrt()
+            sigma = _row_std(xc, correction).clamp_min(torch.finfo(cd).tiny)
             d = 1.0 / (scale_s * temperature)
-            proj = _rowdot(g, xc).unsqueeze(-1) / (
-                d * k_cols * sigma.clamp_min(torch.finfo(cd).tiny)
-            )
-            g.sub_(g.mean(dim=-1, keepdim=True)).sub_(xc.mul_(proj)).mul_(scale_s)
+            proj = _rowdot(g, xc).unsqueeze(-1) / (d * (s.shape[-1] - correction) * sigma)
+            g.addcmul_(xc, proj, value=-1.0).mul_(scale_s)
         else:
             g.mul_(1.0 / temperature)
         grad_out.copy_(g)
