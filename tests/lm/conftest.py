@@ -106,3 +106,11 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def lm_assets(tmp_path_factory) -> dict[str, str]:
+    """Tiny teacher/student/tokenizer directories and train/test JSONL (``make_tiny_assets``)."""
+    from logitkd.lm.methods import make_tiny_assets
+
+    return make_tiny_assets(tmp_path_factory.mktemp("lm_assets"))
