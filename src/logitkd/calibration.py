@@ -84,6 +84,9 @@ def loca_scale(
     s = alpha / (1.0 - p_gt + p_max)
     off_mass = s * (1.0 - p_gt)  # sum of the calibrated non-target entries
     raw_gt = 1.0 - off_mass
+    if alpha < 1.0:  # raw_gt >= 1 - alpha > 0: no clipping, fewer small ops on the hot path
+        one = torch.ones_like(s)
+        return torch.where(mis, s, one), torch.where(mis, raw_gt, p_gt), one
     renorm = torch.where(raw_gt < 0, off_mass, torch.ones_like(off_mass))
     new_gt = raw_gt.clamp_min(0.0) / renorm
     coef = torch.where(mis, s / renorm, torch.ones_like(s))

@@ -197,17 +197,17 @@ def _kd_block(
         coef = p_gt = new_gt = gt = None
     else:
         gt = target.unsqueeze(-1)
-        zt_gt = zt.gather(-1, gt).squeeze(-1)
-        p_gt = torch.exp(zt_gt - lse_t)
+        lp_gt = zt.gather(-1, gt).squeeze(-1) - lse_t
         lq_gt = zs.gather(-1, gt).squeeze(-1) - lse_s
+        p_gt = torch.exp(lp_gt)
         coef, new_gt, _ = loca_scale(p_gt, 1.0 / se_t, _misinstructed(t, target, t_max), loca_alpha)
-        zero = torch.zeros_like(p_gt)
-        kl = (
-            coef * (a_sum - torch.special.xlogy(p_gt, p_gt) + (1.0 - p_gt) * torch.log(coef))
-            + torch.special.xlogy(new_gt, new_gt)
-            - coef * (b_sum - torch.where(p_gt > 0, p_gt * lq_gt, zero))
-            - torch.where(new_gt > 0, new_gt * lq_gt, zero)
-        )
+        # p log p and p log q at the label leave plain KL; the calibrated ones come in.
+        gt_term = p_gt * (lp_gt - lq_gt)
+        new_term = torch.special.xlogy(new_gt, new_gt) - new_gt * lq_gt
+        if neg_inf or loca_alpha >= 1:  # 0 * -inf at a masked label, or a target clipped to 0
+            gt_term = torch.where(p_gt > 0, gt_term, torch.zeros_like(gt_term))
+            new_term = torch.where(new_gt > 0, new_term, torch.zeros_like(new_term))
+        kl = coef * (a_sum - b_sum - gt_term + (1.0 - p_gt) * torch.log(coef)) + new_term
     t2 = temperature * temperature
     if grad_out is not None:
         # d(T^2 KL)/dz = T^2 (q - p'),  p' = c p off the label and g at it.
