@@ -325,3 +325,24 @@ def test_misinstruction_and_ls_views_cli(
     wrong_classes = [*argv, "--out", str(out2), *common, "--num-classes", "100"]
     assert main(wrong_classes) == 2
     assert "does not match" in capsys.readouterr().err
+
+
+def test_misinstruction_cli_with_a_small_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture, one_thread: object
+) -> None:
+    """Models the trainer builds for the data (here `mlp` on 1x8x8 digits) load too."""
+    from logitkd.vision.models_small import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", 10, (1, 8, 8))
+    ckpt = tmp_path / "mlp.pt"
+    torch.save({"model": model.state_dict()}, ckpt)
+    out = tmp_path / "mis"
+    argv = ["analyze", "misinstruction", "--teacher", f"mlp={ckpt}", "--out", str(out)]
+    argv += ["--dataset", "digits", "--limit", "24", "--batch-size", "24"]
+    assert main(argv) == 0
+    rows = json.loads((out / "misinstruction.json").read_text())
+    assert {r["teacher"] for r in rows} == {"mlp"}
+    for r in rows:  # overall ratio = mis-instructed / all, from the per-class counts
+        assert sum(r["totals"]) == 24
+        assert r["overall"] == pytest.approx(sum(r["mis_counts"]) / 24)

@@ -75,6 +75,16 @@ def test_train_distill_eval_resume(tmp_path, capsys):
     evaluated = _last_json(capsys.readouterr().out)
     assert evaluated["top1"] == pytest.approx(distilled["best_top1"])
 
+    # method.name=ce under distill: the student-alone baseline of a distillation sweep.
+    ce_dir = tmp_path / "alone"
+    ce_args = [
+        "distill", "--config", demo, f"run_dir={ce_dir}", "method.name=ce", "schedule.epochs=1",
+        "teacher.name=mlp", f"teacher.checkpoint={t_dir / 'best.pt'}", "logging.progress=false",
+    ]  # fmt: skip
+    assert main(ce_args) == 0
+    assert "teacher is unused" in capsys.readouterr().out
+    assert (ce_dir / "summary.json").is_file()
+
     # --resume RUN_DIR reuses the saved config; a finished run just reports again.
     assert main(["distill", "--resume", str(s_dir)]) == 0
     assert _last_json(capsys.readouterr().out)["best_top1"] == pytest.approx(distilled["best_top1"])

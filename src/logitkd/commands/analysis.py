@@ -108,12 +108,18 @@ def _load_dataset(args: argparse.Namespace) -> Any:
     return ds
 
 
-def _load_model(spec: ModelSpec, num_classes: int, device: str) -> Any:
-    from logitkd.vision.models import create_model, load_pretrained
+def _load_model(
+    spec: ModelSpec, num_classes: int, device: str, image_shape: tuple[int, int, int]
+) -> Any:
+    """Any model the trainer builds (small models, the CIFAR zoo, ImageNet) from a checkpoint."""
+    from logitkd.vision.models import load_pretrained
+    from logitkd.vision.models_small import SMALL_MODELS, build_model
 
     if not spec.checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint for {spec.label!r} not found: {spec.checkpoint}")
-    model = create_model(spec.name, num_classes)
+    # The small models are sized for the data; zoo models expect RGB (a grey channel is repeated).
+    shape = image_shape if spec.name in SMALL_MODELS else (3, *image_shape[1:])
+    model = build_model(spec.name, num_classes, shape)
     return load_pretrained(model, spec.checkpoint).to(device).eval()
 
 
@@ -162,7 +168,7 @@ def _cmd_misinstruction(args: argparse.Namespace) -> int:
     passes = {"none": (False,), "only": (True,), "both": (False, True)}[args.augment]
     reports = []
     for spec in specs:
-        model = _load_model(spec, ds.num_classes, args.device)
+        model = _load_model(spec, ds.num_classes, args.device, tuple(ds.image_shape))
         transform = _input_transform(model, ds.image_shape[0])
         for aug in passes:
             report = teacher_misinstruction(
@@ -264,7 +270,7 @@ def _cmd_ls_views(args: argparse.Namespace) -> int:
     logits: dict[str, Any] = {}
     labels = None
     for spec in (teacher, *students):
-        model = _load_model(spec, ds.num_classes, args.device)
+        model = _load_model(spec, ds.num_classes, args.device, tuple(ds.image_shape))
         logits[spec.label], labels = collect_logits(
             model,
             ds,
