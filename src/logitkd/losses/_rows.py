@@ -26,7 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from logitkd._checks import check_logits, check_positive, check_same_shape, check_target
+from logitkd._checks import (
+    check_logits,
+    check_positive,
+    check_same_shape,
+    check_target,
+    compute_dtype,
+)
 from logitkd.calibration import check_loca_alpha, loca_scale
 from logitkd.standardization import zscore
 
@@ -177,8 +183,7 @@ def _kd_block(
     grad_out: Tensor | None,
 ) -> Tensor:
     """Per-row ``T^2 KL(p' || q)`` for one block of rows; writes ``d/ds`` into ``grad_out``."""
-    cd = grad_out.dtype if grad_out is not None and grad_out.dtype == torch.float64 else None
-    cd = cd or (torch.float64 if s.dtype == torch.float64 else torch.float32)
+    cd = compute_dtype(s)
     s, t = s.to(cd), t.to(cd)
     zt, t_max, _, _ = _shifted_scaled(t, temperature, standardize, correction, eps)
     zs, _, mean_s, scale_s = _shifted_scaled(s, temperature, standardize, correction, eps)
