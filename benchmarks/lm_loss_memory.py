@@ -27,6 +27,12 @@ other jobs, so single-shot times are noisy; the interleaved medians are the fair
     32000   no    1024       2352         855      36.4%
     32000   yes   1024       2353         867      36.9%
     --interleaved-time --vocab 32000 --repeats 3: chunked/naive 0.91x (no LoCa), 0.93x (LoCa)
+
+Re-measured on the quiet machine (nothing else running), ``--vocab 128256``:
+
+    vocab   loca  chunk  naive MB  chunked MB  mem ratio  naive s  chunked s  time ratio
+    128256  no    261        9308        1631      17.5%    92.73      76.40       0.82x
+    128256  yes   261        9309        1631      17.5%    94.94      76.25       0.80x
 """
 
 from __future__ import annotations
