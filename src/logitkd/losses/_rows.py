@@ -49,7 +49,6 @@ class Rows:
     target: Tensor | None  # (n,) or None
     index: Tensor | None  # positions of these rows in the flattened input, None = all rows
     total_rows: int  # rows in the flattened input
-    valid_rows: int  # non-ignored rows (before dropping mis-instructed ones)
     student_neg_inf: bool
     teacher_neg_inf: bool
 
@@ -89,7 +88,7 @@ def prepare_rows(
             raise ValueError(
                 "drop_misinstructed=True needs target (the labels) to find mis-instructed rows"
             )
-        return Rows(s, t, None, None, total, total, s_inf, t_inf)
+        return Rows(s, t, None, None, total, s_inf, t_inf)
     valid = check_target(
         target, student_logits.shape, ignore_index, check_range=check_inputs
     ).reshape(-1)
@@ -99,9 +98,9 @@ def prepare_rows(
     if drop_misinstructed:
         keep = valid & (t.argmax(dim=-1) == tgt)
     if n_valid == total and not drop_misinstructed:
-        return Rows(s, t, tgt, None, total, total, s_inf, t_inf)
+        return Rows(s, t, tgt, None, total, s_inf, t_inf)
     index = keep.nonzero().squeeze(-1)
-    return Rows(s[index], t[index], tgt[index], index, total, n_valid, s_inf, t_inf)
+    return Rows(s[index], t[index], tgt[index], index, total, s_inf, t_inf)
 
 
 def check_student_support(s: Tensor, t: Tensor) -> None:

@@ -84,6 +84,8 @@ def dkd_terms(
     gt = y.unsqueeze(-1)
     # TCKD on the binary (target, rest) split.
     lq_gt, lq_rest = _binary_log(log_q, gt)
+    lp_gt, lp_rest = _binary_log(log_p, gt)  # the teacher's own split, also NCKD's normaliser
+    lp_rest_raw = lp_rest
     if loca_alpha is not None:
         p_cal = _loca_apply(log_p.exp(), y, loca_alpha)
         b_gt = p_cal.gather(-1, gt).squeeze(-1)
@@ -91,12 +93,11 @@ def dkd_terms(
         lp_gt = torch.log(b_gt.clamp_min(torch.finfo(cd).tiny))
         lp_rest = torch.log(b_rest.clamp_min(torch.finfo(cd).tiny))
     else:
-        lp_gt, lp_rest = _binary_log(log_p, gt)
         b_gt, b_rest = lp_gt.exp(), lp_rest.exp()
     tckd_rows = _xlogy_diff(b_gt, lp_gt, lq_gt) + _xlogy_diff(b_rest, lp_rest, lq_rest)
     # NCKD on the renormalised non-target distributions (LoCa leaves these unchanged).
     log_q_nt = log_q.scatter(-1, gt, float("-inf")) - lq_rest.unsqueeze(-1)
-    log_p_nt = log_p.scatter(-1, gt, float("-inf")) - _binary_log(log_p, gt)[1].unsqueeze(-1)
+    log_p_nt = log_p.scatter(-1, gt, float("-inf")) - lp_rest_raw.unsqueeze(-1)
     p_nt = log_p_nt.exp()
     # Select before multiplying: the target column holds -inf - -inf = NaN, and a NaN in the
     # unselected branch of where() would still poison a learnable temperature's gradient.
