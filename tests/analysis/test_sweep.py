@@ -307,6 +307,25 @@ def test_dry_run_plans_without_running(base: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_collect_only_tabulates_finished_cells_and_runs_nothing(base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # A sweep stopped at a deadline: seed 2 of every configuration never finished.
+    partial = {**GRID, "seeds": [0, 1]}
+    sweep(partial, out, base, FakeTrainer())
+    trainer = FakeTrainer()
+    result = sweep(GRID, out, base, trainer, collect_only=True)
+    assert trainer.calls == []
+    status = {r.cell.name: r.status for r in result.cells}
+    assert {s for n, s in status.items() if n.endswith("seed=2")} == {"unfinished"}
+    assert {s for n, s in status.items() if not n.endswith("seed=2")} == {"skipped"}
+    kd = next(r for r in result.rows if r.group == "kd")
+    expected = [fake_metrics(s, None)["best_acc"] for s in (0, 1)]
+    assert kd.n_ok == 2 and kd.by_seed["best_acc"] == dict(zip((0, 1), expected, strict=True))
+    text = (out / "results.md").read_text()
+    assert "unfinished" in text and "seed=2" in text  # reported, never silently dropped
+    assert len(result.failed) == 3
+
+
 def test_identical_seeds_are_not_averaged_across_methods(base: Path, tmp_path: Path) -> None:
     grid = {
         "seeds": [0, 1],

@@ -39,8 +39,10 @@ from logitkd.vision.data import (
     load_fashion_mnist,
     load_image_folder,
     normalize,
+    pad_to_size,
     random_crop_flip,
     random_resized_crop_box,
+    repeat_channels,
     sample_crop_flip_params,
 )
 
@@ -703,3 +705,89 @@ def test_real_fashion_mnist():
     x = train.images.float() / 255
     assert abs(x.mean().item() - FASHION_MNIST_MEAN[0]) < 0.005
     assert abs(x.std().item() - FASHION_MNIST_STD[0]) < 0.005
+
+
+# --------------------------------------------------------------------------------------------
+# Shape adapters: grey 28×28 sets through 3×32×32 CIFAR-zoo models
+# --------------------------------------------------------------------------------------------
+
+
+def _grey_set(n: int = 5, h: int = 28, w: int = 28, seed: int = 0) -> ArrayDataset:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(1, 256, (n, 1, h, w), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return ArrayDataset(images, labels, 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD, "grey")
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 12), w=st.integers(1, 12), extra=st.integers(0, 5))
+def test_pad_to_size_centres_and_zero_fills(h, w, extra):
+    ds = _grey_set(3, h, w)
+    size = max(h, w) + extra
+    out = pad_to_size(ds, size)
+    assert out.images.shape == (3, 1, size, size)
+    top, left = (size - h) // 2, (size - w) // 2
+    # Per-pixel reference: the window holds the input, everything else is 0 (input pixels are >= 1).
+    for i in range(size):
+        for j in range(size):
+            inside = top <= i < top + h and left <= j < left + w
+            expected = ds.images[:, :, i - top, j - left] if inside else torch.zeros(3, 1).byte()
+            assert torch.equal(out.images[:, :, i, j], expected)
+    assert torch.equal(out.labels, ds.labels) and out.mean == ds.mean and out.std == ds.std
+
+
+def test_pad_to_size_errors_and_identity():
+    ds = _grey_set()
+    assert pad_to_size(ds, 28) is ds
+    with pytest.raises(ValueError, match="smaller than"):
+        pad_to_size(ds, 27)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="positive int"):
+            pad_to_size(ds, bad)
+
+
+def test_repeat_channels_normalises_every_channel_like_the_grey_one():
+    ds = _grey_set()
+    out = repeat_channels(ds, 3)
+    assert out.images.shape == (5, 3, 28, 28) and out.images.is_contiguous()
+    assert out.mean == FASHION_MNIST_MEAN * 3 and out.std == FASHION_MNIST_STD * 3
+    grey = normalize(ds.images, ds.mean, ds.std)
+    rgb = normalize(out.images, out.mean, out.std)
+    for c in range(3):
+        assert torch.equal(rgb[:, c : c + 1], grey)
+    assert repeat_channels(out, 3) is out  # already 3 channels
+    with pytest.raises(ValueError, match="only a 1-channel set"):
+        repeat_channels(out, 4)
+
+
+def test_fashion_mnist_through_a_cifar_zoo_model(tmp_path):
+    """data.pad_to=32 data.channels=3 makes a 1×28×28 set trainable by a CIFAR resnet."""
+    from logitkd.vision.config import ConfigError, load_vision_config
+    from logitkd.vision.trainer import Trainer, build_datasets
+
+    root = tmp_path / "fmnist"
+    write_fmnist(root, 40, 20, gz=True)
+    args = [
+        "data.name=fashion_mnist",
+        f"data.root={root}",
+        "data.pad_to=32",
+        "data.channels=3",
+        "data.batch_size=8",
+        "model.name=resnet8",
+        "method.name=ce",
+        "schedule.epochs=1",
+        "schedule.milestones=[]",
+        "logging.progress=false",
+        "logging.tensorboard=false",
+        "cpu_threads=1",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    cfg = load_vision_config(None, args)
+    train, test = build_datasets(cfg)
+    assert train.image_shape == (3, 32, 32) and test.image_shape == (3, 32, 32)
+    result = Trainer(cfg).fit()
+    assert 0.0 <= result.best_top1 <= 100.0
+    with pytest.raises(ConfigError, match=r"data\.pad_to must be a positive int"):
+        load_vision_config(None, [*args, "data.pad_to=0"])
+    with pytest.raises(ConfigError, match="in-memory sets"):
+        load_vision_config(None, [*args, "data.name=imagenet"])

@@ -708,8 +708,9 @@ def _tail(path: Path, lines: int = 5) -> str:
 @dataclass
 class CellResult:
     """What happened to one cell: ``status`` is ``done``, ``skipped`` (finished earlier),
-    ``crashed`` (every attempt failed), ``invalid`` (finished, but its summary is unusable) or,
-    in a dry run, ``planned-new`` / ``planned-resume``."""
+    ``crashed`` (every attempt failed), ``invalid`` (finished, but its summary is unusable),
+    ``unfinished`` (``collect_only``: not run to the end) or, in a dry run, ``planned-new`` /
+    ``planned-resume``."""
 
     cell: Cell
     status: str
@@ -1149,6 +1150,7 @@ def run_sweep(
     retries: int = 1,
     jobs: int = 1,
     dry_run: bool = False,
+    collect_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> SweepResult:
     """Validate, run (or, with ``dry_run``, only plan) and tabulate a sweep.
@@ -1159,6 +1161,9 @@ def run_sweep(
     :func:`config_validator`) gets each configuration's ``key=value`` overrides and raises on a
     bad one. Everything that can be checked — grid, base config, output folder, baseline — is
     checked before the first run. Reports are written unless ``dry_run``.
+
+    ``collect_only`` runs nothing: it tabulates the finished cells (e.g. of a sweep still running,
+    or one stopped at a deadline) and reports every other cell as ``unfinished``.
     """
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
@@ -1190,6 +1195,22 @@ def run_sweep(
     validate_cells(cells, validator)
     baseline_group = resolve_baseline(cells, baseline if baseline is not None else spec.baseline)
     check_out_dir(cells)
+    if collect_only:
+        collected = []
+        for cell in cells:
+            if _finished(cell, spec.summary_file):
+                values, err = _collect_metrics(cell, metrics, spec.summary_file)
+                collected.append(
+                    CellResult(cell, "skipped" if not err else "invalid", 0, values, err)
+                )
+            else:
+                collected.append(
+                    CellResult(cell, "unfinished", 0, {}, "not finished (collect only)")
+                )
+        rows = build_rows(collected, metrics, baseline_group)
+        result = SweepResult(collected, rows, tuple(metrics), baseline_group)
+        result.files = write_reports(result, out_dir)
+        return result
     if runner is None:
         if template is None:
             raise SweepError("no runner: set 'command' in the grid file or pick a --family")

@@ -1,4 +1,4 @@
-"""``logitkd sweep`` and ``logitkd analyze {misinstruction,timing,ls-views}``.
+"""``logitkd sweep`` and ``logitkd analyze {misinstruction,lm-misinstruction,timing,ls-views}``.
 
 Thin: parse arguments, load models and data, call :mod:`logitkd.analysis`, write files. Bad input
 (unknown model, missing checkpoint or data, a grid that does not fit the config) ends with one
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelSpec", "parse_model_spec", "register"]
+__all__ = ["LMTeacherSpec", "ModelSpec", "parse_lm_teacher_spec", "parse_model_spec", "register"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         retries=args.retries,
         jobs=args.jobs,
         dry_run=args.dry_run,
+        collect_only=args.collect_only,
     )
     if args.dry_run:
         print(f"dry run: {len(result.cells)} cells planned; nothing was run")
@@ -211,6 +212,188 @@ def _cmd_misinstruction(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# analyze lm-misinstruction
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LMTeacherSpec:
+    """``[LABEL:]DIR``: a local Hugging Face causal-LM directory and its display label."""
+
+    label: str
+    path: Path
+
+
+def parse_lm_teacher_spec(text: str, flag: str = "--teacher") -> LMTeacherSpec:
+    """Parse ``[LABEL:]DIR``; the label defaults to the directory's name.
+
+    A text that names an existing path is a bare ``DIR`` even if it holds a ``:``; otherwise the
+    first ``:`` separates the label. Labels must be non-empty and free of ``|`` (the Markdown
+    table's separator) and line breaks.
+    """
+    if not text.strip():
+        raise ValueError(f"{flag} must not be empty; expected [LABEL:]DIR")
+    label, sep, rest = text.partition(":")
+    if not sep or Path(text).exists():
+        path = Path(text)
+        label = path.resolve().name or text
+    else:
+        if not label.strip() or not rest.strip():
+            raise ValueError(
+                f"{flag} {text!r} must look like DIR or LABEL:DIR with a non-empty label and "
+                "directory (e.g. tiny:runs/tiny/teacher)"
+            )
+        path = Path(rest)
+    if "|" in label or "\n" in label or "\r" in label:
+        raise ValueError(f"{flag} {text!r}: the label must not contain '|' or line breaks")
+    return LMTeacherSpec(label=label.strip(), path=path)
+
+
+def _positive(value: int | None, flag: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be a positive integer, got {value}")
+
+
+def _check_lm_teacher(spec: LMTeacherSpec, need_tokenizer: bool) -> None:
+    """Fail before any model is loaded when a directory is missing or lacks files."""
+    from logitkd.lm.models import find_missing_files
+
+    if not spec.path.is_dir():
+        raise FileNotFoundError(
+            f"--teacher {spec.label!r}: model directory {str(spec.path)!r} does not exist"
+        )
+    missing = find_missing_files(spec.path, weights=True, tokenizer=need_tokenizer)
+    if missing:
+        raise FileNotFoundError(
+            f"--teacher {spec.label!r}: {str(spec.path)!r} is not a complete local causal-LM "
+            f"directory; missing {'; '.join(missing)}"
+            + (" (or pass --tokenizer DIR)" if need_tokenizer else "")
+        )
+
+
+def _read_lm_records(path: Path, data_format: str, limit: int | None) -> list[Any]:
+    """The records of ``--data`` (``lm.data.read_instruction_jsonl``), every error naming it."""
+    from logitkd.lm.data import read_instruction_jsonl
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {str(path)!r} does not exist or is not a file")
+    try:
+        records = read_instruction_jsonl(path, data_format, limit=limit)  # type: ignore[arg-type]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--data {str(path)!r} is not UTF-8 text: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"--data: {err}") from None
+    except OSError as err:
+        raise FileNotFoundError(f"--data {str(path)!r} cannot be read: {err}") from None
+    if not records:
+        raise ValueError(f"--data {str(path)!r} holds no records (an empty file?)")
+    return records
+
+
+def _cmd_lm_misinstruction(args: argparse.Namespace) -> int:
+    from logitkd.analysis.misinstruction import (
+        lm_misinstruction_bar_plot,
+        lm_misinstruction_counts,
+        lm_misinstruction_markdown,
+        lm_misinstruction_on_records,
+    )
+    from logitkd.lm.models import load_causal_lm, load_tokenizer, output_vocab_size, resolve_dtype
+
+    _positive(args.limit, "--limit")
+    _positive(args.batch_size, "--batch-size")
+    _positive(args.max_prompt_length, "--max-prompt-length")
+    if args.max_length <= args.max_prompt_length:
+        raise ValueError(
+            f"--max-length ({args.max_length}) must exceed --max-prompt-length "
+            f"({args.max_prompt_length}) so that every example keeps a response token"
+        )
+    try:
+        dtype = resolve_dtype(args.dtype)
+    except ValueError as err:
+        raise ValueError(f"--dtype: {err}") from None
+    specs = [parse_lm_teacher_spec(t) for t in args.teacher]
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--teacher labels must be distinct (use LABEL:DIR), got {labels}")
+    if args.tokenizer is not None and not args.tokenizer.is_dir():
+        raise FileNotFoundError(f"--tokenizer directory {str(args.tokenizer)!r} does not exist")
+    for spec in specs:  # every directory is checked before the first (slow) load
+        _check_lm_teacher(spec, need_tokenizer=args.tokenizer is None)
+    records = _read_lm_records(args.data, args.data_format, args.limit)
+
+    stats: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        tok_dir = args.tokenizer if args.tokenizer is not None else spec.path
+        # Each teacher reads the data through its own tokenizer: token counts may differ.
+        tokenizer = load_tokenizer(tok_dir)
+        try:
+            model = load_causal_lm(spec.path, dtype=dtype).to(args.device)
+        except OSError as err:  # a corrupt config or weights file
+            raise ValueError(
+                f"--teacher {spec.label!r}: cannot load {str(spec.path)!r}: {err}"
+            ) from None
+        vocab = output_vocab_size(model)
+        if vocab < len(tokenizer):  # rows past the tokenizer are padding; fewer is a mismatch
+            raise ValueError(
+                f"--teacher {spec.label!r} has {vocab} output logits but tokenizer "
+                f"{str(tok_dir)!r} has {len(tokenizer)} tokens: they do not belong together"
+            )
+        s, tok_stats = lm_misinstruction_on_records(
+            model,
+            tokenizer,
+            records,
+            max_prompt_length=args.max_prompt_length,
+            max_length=args.max_length,
+            prompt_truncation=args.prompt_truncation,
+            batch_size=args.batch_size,
+            vocab_size=vocab,
+        )
+        del model
+        stats[spec.label] = s
+        rows.append(
+            {
+                "teacher": spec.label,
+                "path": str(spec.path),
+                "tokenizer": str(tok_dir),
+                "vocab_size": vocab,
+                "examples": tok_stats.n_examples,
+                "prompts_truncated": tok_stats.n_prompt_truncated,
+                "responses_truncated": tok_stats.n_response_truncated,
+                **lm_misinstruction_counts(s),
+                # NaN (a group without tokens) is not valid JSON.
+                "ratio": None if s.ratio != s.ratio else s.ratio,
+                "ratio_first": None if s.ratio_first != s.ratio_first else s.ratio_first,
+                "ratio_later": None if s.ratio_rest != s.ratio_rest else s.ratio_rest,
+            }
+        )
+        print(
+            f"{spec.label}: {100 * s.ratio:.2f}% of {s.n_tokens} response tokens mis-instructed",
+            file=sys.stderr,
+        )
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    table = lm_misinstruction_markdown(stats)
+    (out / "lm_misinstruction.md").write_text(table)
+    summary = {
+        "data": str(args.data),
+        "data_format": args.data_format,
+        "records": len(records),
+        "limit": args.limit,
+        "max_prompt_length": args.max_prompt_length,
+        "max_length": args.max_length,
+        "prompt_truncation": args.prompt_truncation,
+        "teachers": rows,
+    }
+    (out / "lm_misinstruction.json").write_text(json.dumps(summary, indent=2))
+    lm_misinstruction_bar_plot(stats, out / "lm_misinstruction.png")
+    print(table)
+    print(f"wrote {out}/lm_misinstruction.{{md,json,png}}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # analyze timing
 # --------------------------------------------------------------------------------------------
 
@@ -323,6 +506,11 @@ def register(subparsers: Any) -> None:
     sw.add_argument("--retries", type=int, default=1, help="extra attempts for a crashed cell")
     sw.add_argument("--jobs", type=int, default=1, help="cells run at the same time")
     sw.add_argument("--dry-run", action="store_true", help="validate and list the cells only")
+    sw.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="run nothing: tabulate the finished cells, report the rest as unfinished",
+    )
     sw.set_defaults(func=_guarded(_cmd_sweep))
 
     an = subparsers.add_parser("analyze", help="mis-instruction, time cost and LS views")
@@ -345,6 +533,46 @@ def register(subparsers: Any) -> None:
     mi.add_argument("--seed", type=int, default=0, help="seed of the augmentation draws")
     _add_data_args(mi, split="train")
     mi.set_defaults(func=_guarded(_cmd_misinstruction))
+
+    lmi = sub.add_parser(
+        "lm-misinstruction",
+        help="LM teachers' token mis-instruction ratio, overall and by position type",
+        description=(
+            "For each local causal-LM teacher, the share of reference response tokens of an "
+            "instruction JSONL file whose teacher argmax is not the reference token: overall, on "
+            "the first response token and on the later ones (tokenised as `logitkd lm "
+            "evaluate`). Writes lm_misinstruction.{md,json,png} under --out. Offline only."
+        ),
+    )
+    lmi.add_argument(
+        "--teacher",
+        action="append",
+        required=True,
+        metavar="[LABEL:]DIR",
+        help="local Hugging Face causal-LM directory; repeat for several teachers",
+    )
+    lmi.add_argument("--data", required=True, type=Path, help="instruction JSONL file")
+    lmi.add_argument("--data-format", choices=("auto", "dolly", "minillm"), default="auto")
+    lmi.add_argument("--limit", type=int, default=None, help="use only the first N records")
+    lmi.add_argument("--max-prompt-length", type=int, default=256, help="prompt tokens kept")
+    lmi.add_argument("--max-length", type=int, default=512, help="prompt + response tokens kept")
+    lmi.add_argument(
+        "--prompt-truncation",
+        choices=("left", "right"),
+        default="left",
+        help="which end of a long prompt is dropped (see logitkd.lm.data)",
+    )
+    lmi.add_argument("--batch-size", type=int, default=8)
+    lmi.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tokenizer directory for every teacher (default: each teacher's own directory)",
+    )
+    lmi.add_argument("--dtype", default=None, help="load dtype, e.g. bf16 (default: checkpoint's)")
+    lmi.add_argument("--device", default="cpu")
+    lmi.add_argument("--out", required=True, type=Path, help="output folder")
+    lmi.set_defaults(func=_guarded(_cmd_lm_misinstruction))
 
     ti = sub.add_parser("timing", help="KD-loss, batch and epoch time with/without LoCa and LS")
     ti.add_argument("--teacher", required=True, help="model-zoo name")

@@ -60,6 +60,10 @@ class DataConfig:
     train_subset: int | None = None  # use only the first N training images (quick runs)
     test_subset: int | None = None
     num_workers: int = 4  # DataLoader workers, ImageFolder (ImageNet) trees only
+    # In-memory sets only: zero-pad images to pad_to × pad_to and repeat a grey channel to
+    # `channels`, e.g. Fashion-MNIST (1×28×28) through CIFAR-zoo models: pad_to=32, channels=3.
+    pad_to: int | None = None
+    channels: int | None = None
 
 
 @dataclass
@@ -202,6 +206,15 @@ def check_config(cfg: VisionConfig) -> None:
     """Cross-field checks that the dataclass types cannot express."""
     if cfg.data.batch_size < 1 or cfg.data.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+    for key in ("pad_to", "channels"):
+        value = getattr(cfg.data, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"data.{key} must be a positive int or null, got {value}")
+        if value is not None and cfg.data.name.lower() == "imagenet":
+            raise ConfigError(
+                f"data.{key} applies to in-memory sets (cifar10, cifar100, fashion_mnist, "
+                "digits), not imagenet"
+            )
     if cfg.schedule.epochs < 1:
         raise ConfigError(f"schedule.epochs must be >= 1, got {cfg.schedule.epochs}")
     if sorted(cfg.schedule.milestones) != list(cfg.schedule.milestones):

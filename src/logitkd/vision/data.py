@@ -64,9 +64,11 @@ __all__ = [
     "load_fashion_mnist",
     "load_image_folder",
     "normalize",
+    "pad_to_size",
     "random_crop_flip",
     "random_resized_crop_box",
     "read_idx",
+    "repeat_channels",
     "sample_crop_flip_params",
     "to_unit_float",
 ]
@@ -967,6 +969,59 @@ def load_image_folder(
     if transform is None:
         transform = ImageNetTrainTransform() if split == "train" else ImageNetEvalTransform()
     return ImageFolderDataset(directory, transform, classes)
+
+
+# --------------------------------------------------------------------------------------------
+# Shape adapters (a 28×28 grey set through a 3×32×32 CIFAR-zoo model)
+# --------------------------------------------------------------------------------------------
+
+
+def pad_to_size(ds: ArrayDataset, size: int) -> ArrayDataset:
+    """Zero-pad every image of ``ds`` to ``size × size``, centred (the extra row/column of an odd
+    difference goes to the bottom/right).
+
+    ``x'[:, :, t + i, l + j] = x[:, :, i, j]`` with ``t = ⌊(size − H)/2⌋``, ``l = ⌊(size − W)/2⌋``,
+    0 elsewhere — black, like the CIFAR crop padding, which matches Fashion-MNIST's background.
+    This is how LeNet-5 fed 28×28 MNIST digits to a 32×32 input (LeCun et al. 1998).
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"pad_to_size: size must be a positive int, got {size!r}")
+    _, _, h, w = ds.images.shape
+    if size < h or size < w:
+        raise ValueError(
+            f"pad_to_size: size={size} is smaller than the {ds.name or 'dataset'} images "
+            f"({h}×{w}); padding cannot shrink images"
+        )
+    if size == h == w:
+        return ds
+    top, left = (size - h) // 2, (size - w) // 2
+    images = F.pad(ds.images, (left, size - w - left, top, size - h - top))
+    return ArrayDataset(images, ds.labels, ds.num_classes, ds.mean, ds.std, ds.name, ds.classes)
+
+
+def repeat_channels(ds: ArrayDataset, channels: int = 3) -> ArrayDataset:
+    """Repeat a 1-channel (grey) set ``channels`` times, with its mean/std repeated alike, so
+    the normalised input of every channel equals the grey one.
+
+    A set that already has ``channels`` channels is returned as is; any other count raises.
+    """
+    c = ds.images.shape[1]
+    if c == channels:
+        return ds
+    if c != 1:
+        raise ValueError(
+            f"repeat_channels: only a 1-channel set can be repeated to {channels} channels, "
+            f"{ds.name or 'the dataset'} has {c}"
+        )
+    return ArrayDataset(
+        ds.images.expand(-1, channels, -1, -1).contiguous(),
+        ds.labels,
+        ds.num_classes,
+        ds.mean * channels,
+        ds.std * channels,
+        ds.name,
+        ds.classes,
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,9 @@ from logitkd.vision.data import (
     epoch_indices,
     load_digits_split,
     normalize,
+    pad_to_size,
     random_crop_flip,
+    repeat_channels,
     to_unit_float,
 )
 from logitkd.vision.distributed import (
@@ -189,7 +191,22 @@ def build_datasets(cfg: VisionConfig) -> tuple[Any, Any]:
         train = _subset(train, cfg.data.train_subset)
     if cfg.data.test_subset is not None:
         test = _subset(test, cfg.data.test_subset)
-    return train, test
+    return _adapt_shape(train, cfg), _adapt_shape(test, cfg)
+
+
+def _adapt_shape(ds: Any, cfg: VisionConfig) -> Any:
+    if cfg.data.pad_to is None and cfg.data.channels is None:
+        return ds
+    if not isinstance(ds, ArrayDataset):
+        raise ValueError(
+            f"data.pad_to / data.channels apply to in-memory sets (cifar10, cifar100, "
+            f"fashion_mnist, digits), not {cfg.data.name!r}"
+        )
+    if cfg.data.pad_to is not None:
+        ds = pad_to_size(ds, cfg.data.pad_to)
+    if cfg.data.channels is not None:
+        ds = repeat_channels(ds, cfg.data.channels)
+    return ds
 
 
 @functools.lru_cache(maxsize=1)
