@@ -158,7 +158,7 @@ def run_fitted(
                 m = ckpt_mtime(d)
                 if m is not None and m != last_mtime[d]:
                     last_mtime[d] = m
-                    writes[d].append(now)
+                    writes[d].append(m)  # the file's own time: exact, unlike the 0.5 s poll
             two = [d for d in dirs if len(writes[d]) >= 2]
             if not checked and len(two) >= max(1, math.ceil(0.8 * len(dirs))):
                 checked = True
