@@ -75,3 +75,29 @@ def test_cell_values_follow_the_papers():
         load_vision_config(CONFIGS / "cifar100/kd_star/resnet56_resnet20.yaml").method
     )
     assert star.drop_misinstructed
+
+
+def test_default_run_dirs_of_one_pair_never_collide():
+    """KD, KD+LoCa 0.95 / 0.98, KD+LS and other seeds of one pair default to distinct folders."""
+    from logitkd.vision.config import load_vision_config
+
+    base = ["teacher.name=resnet32x4", "model.name=resnet8x4", "method.name=kd"]
+    variants = {
+        (): "runs/cifar100/kd_resnet32x4_resnet8x4",
+        ("method.loca_alpha=0.95",): "runs/cifar100/kd_loca0.95_resnet32x4_resnet8x4",
+        ("method.loca_alpha=0.98",): "runs/cifar100/kd_loca0.98_resnet32x4_resnet8x4",
+        ("method.standardize=true",): "runs/cifar100/kd_ls_resnet32x4_resnet8x4",
+        ("method.standardize=true", "method.loca_alpha=0.95", "seed=2"): (
+            "runs/cifar100/kd_ls_loca0.95_resnet32x4_resnet8x4_seed2"
+        ),
+    }
+    got = {k: load_vision_config(None, [*base, *k]).run_dir for k in variants}
+    assert got == variants
+    # An explicit run_dir always wins.
+    assert load_vision_config(None, [*base, "run_dir=x/y"]).run_dir == "x/y"
+    # The LoCa recipes of one pair: each its own folder.
+    dirs = {
+        load_vision_config(p).run_dir
+        for p in sorted(CONFIGS.glob("cifar100/loca/resnet32x4_resnet8x4_*.yaml"))
+    }
+    assert len(dirs) == len(list(CONFIGS.glob("cifar100/loca/resnet32x4_resnet8x4_*.yaml"))) >= 3

@@ -183,6 +183,20 @@ def default_lr(student: str) -> float:
     return 0.01 if student.startswith(LOW_LR_PREFIXES) else 0.05
 
 
+def default_run_name(cfg: VisionConfig) -> str:
+    """``<method>[_ls][_loca<α>]_<teacher>_<student>[_seed<s>]``: the recipes of one pair (KD,
+    KD+LoCa 0.95 / 0.98, KD+LS) and its seeds get folders of their own by default."""
+    parts = [cfg.method.name]
+    if cfg.method.standardize:
+        parts.append("ls")
+    if cfg.method.loca_alpha is not None:
+        parts.append(f"loca{cfg.method.loca_alpha:g}")
+    parts += [cfg.teacher.name or "none", cfg.model.name]
+    if cfg.seed != 0:
+        parts.append(f"seed{cfg.seed}")
+    return "_".join(parts)
+
+
 def resolve_config(cfg: VisionConfig) -> VisionConfig:
     """Fill the ``None`` defaults that depend on other fields and check cross-field rules.
 
@@ -193,10 +207,7 @@ def resolve_config(cfg: VisionConfig) -> VisionConfig:
         optim = dataclasses.replace(optim, lr=default_lr(cfg.model.name))
     run_dir = cfg.run_dir
     if run_dir is None:
-        teacher = cfg.teacher.name or "none"
-        run_dir = str(
-            Path("runs") / cfg.data.name / f"{cfg.method.name}_{teacher}_{cfg.model.name}"
-        )
+        run_dir = str(Path("runs") / cfg.data.name / default_run_name(cfg))
     out = dataclasses.replace(cfg, optim=optim, run_dir=run_dir)
     check_config(out)
     return out
