@@ -120,6 +120,12 @@ def test_timing_cli_with_zoo_names(
     assert "resnet8 → resnet8" in text and "| KD+LoCa |" in text
     assert main(["analyze", "timing", "--teacher", "resnet9", "--student", "resnet8"]) == 2
     assert "unknown model name 'resnet9'" in capsys.readouterr().err
+    # The small models the trainer builds work too (here on digits-shaped 1×8×8 input).
+    small = ["analyze", "timing", "--teacher", "mlp", "--student", "mlp_tiny", "--channels", "1"]
+    small += ["--batch-size", "4", "--num-classes", "10", "--image-size", "8", "--repeats", "1"]
+    small += ["--warmup", "0", "--loss-repeats", "2", "--variants", "KD,KD+LoCa"]
+    assert main(small) == 0
+    assert "mlp → mlp_tiny" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- mis-instruction

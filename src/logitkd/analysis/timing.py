@@ -123,12 +123,13 @@ def time_loss(
     return median_seconds(step, repeats, warmup, device)
 
 
-def _model(spec: str | nn.Module, num_classes: int) -> nn.Module:
+def _model(spec: str | nn.Module, num_classes: int, image_shape: tuple[int, int, int]) -> nn.Module:
     if isinstance(spec, nn.Module):
         return spec
-    from logitkd.vision.models import create_model
+    # Any model the trainer builds: the CIFAR zoo, the small models (mlp, digits_cnn), ImageNet.
+    from logitkd.vision.models_small import build_model
 
-    return create_model(spec, num_classes)
+    return build_model(spec, num_classes, image_shape)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -156,7 +157,8 @@ def measure_timing(
 ) -> list[TimingRow]:
     """Loss, batch and epoch time of each variant for a teacher → student pair (module doc).
 
-    ``teacher``/``student`` are CIFAR-zoo names (:func:`logitkd.vision.models.create_model`) or
+    ``teacher``/``student`` are model names the trainer accepts
+    (:func:`logitkd.vision.models_small.build_model`: CIFAR zoo, small models, ImageNet) or
     modules; weights are random (time does not depend on them). Returns one row per variant in
     order; overheads are relative to the first variant.
     """
@@ -173,8 +175,8 @@ def measure_timing(
     losses = {v: loss_function(v, temperature, loca_alpha) for v in variants}
     device = torch.device(device)
     torch.manual_seed(seed)
-    t_model = _model(teacher, num_classes).to(device).eval()
-    s_model = _model(student, num_classes).to(device).train()
+    t_model = _model(teacher, num_classes, image_shape).to(device).eval()
+    s_model = _model(student, num_classes, image_shape).to(device).train()
     opt = torch.optim.SGD(s_model.parameters(), lr=1e-3, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, *image_shape, generator=g).to(device)

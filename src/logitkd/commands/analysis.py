@@ -575,8 +575,8 @@ def register(subparsers: Any) -> None:
     lmi.set_defaults(func=_guarded(_cmd_lm_misinstruction))
 
     ti = sub.add_parser("timing", help="KD-loss, batch and epoch time with/without LoCa and LS")
-    ti.add_argument("--teacher", required=True, help="model-zoo name")
-    ti.add_argument("--student", required=True, help="model-zoo name")
+    ti.add_argument("--teacher", required=True, help="model name (CIFAR zoo, mlp, digits_cnn, ...)")
+    ti.add_argument("--student", required=True, help="model name (CIFAR zoo, mlp, digits_cnn, ...)")
     ti.add_argument("--batch-size", type=int, default=64)
     ti.add_argument("--num-classes", type=int, default=100)
     ti.add_argument("--image-size", type=int, default=32)
