@@ -326,6 +326,27 @@ def test_collect_only_tabulates_finished_cells_and_runs_nothing(base: Path, tmp_
     assert len(result.failed) == 3
 
 
+def test_plot_exclude_drops_methods_from_plots_only(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logitkd.analysis.plots as plots
+
+    drawn: list[tuple[dict, dict]] = []
+    real = plots.errorbar_plot
+
+    def spy(series: dict, path: Path, **kw: Any) -> Path:
+        drawn.append((series, kw.get("references") or {}))
+        return real(series, path, **kw)
+
+    monkeypatch.setattr(plots, "errorbar_plot", spy)
+    grid = {**GRID, "methods": {**GRID["methods"], "broken": {"distill.method": "dkd"}}}
+    result = sweep({**grid, "plot_exclude": ["broken"]}, tmp_path / "out", base, FakeTrainer())
+    assert {r.group for r in result.rows} >= {"broken", "kd"}  # still in the table
+    assert drawn and all("broken" not in refs and "kd" in refs for _, refs in drawn)
+    with pytest.raises(SweepError, match=r"plot_exclude names 'brokn'.*broken"):
+        parse_grid({**grid, "plot_exclude": ["brokn"]})
+
+
 def test_identical_seeds_are_not_averaged_across_methods(base: Path, tmp_path: Path) -> None:
     grid = {
         "seeds": [0, 1],

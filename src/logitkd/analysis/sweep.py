@@ -159,6 +159,7 @@ _GRID_KEYS = (
     "checkpoint_glob",
     "summary_file",
     "timeout_s",
+    "plot_exclude",
 )
 _WHOLE_TOKENS = ("{overrides}", "{resume}")
 _INLINE_FIELDS = ("{python}", "{base}", "{cell_dir}", "{seed}", "{name}")
@@ -199,6 +200,7 @@ class GridSpec:
     checkpoint_glob: str | None = None
     summary_file: str | None = None
     timeout_s: float | None = None
+    plot_exclude: tuple[str, ...] = ()  # methods left out of the plots (never out of the tables)
 
     def with_defaults(self, family: str | None) -> GridSpec:
         """Fill the unset trainer-contract fields from :data:`FAMILY_DEFAULTS` (or the generic
@@ -335,6 +337,13 @@ def parse_grid(data: Mapping[str, Any], source: str = "grid") -> GridSpec:
     baseline = data.get("baseline")
     if baseline is not None and not isinstance(baseline, str):
         raise SweepError(f"{source}: baseline must be a method name, got {baseline!r}")
+    plot_exclude = _string_list(f"{source}: plot_exclude", data.get("plot_exclude") or [])
+    for name in plot_exclude:
+        if name not in methods:
+            raise SweepError(
+                f"{source}: plot_exclude names {name!r}, not a method of the grid"
+                f"{_suggest(name, list(methods))}"
+            )
     spec = GridSpec(
         seeds=tuple(seeds),
         methods=methods,
@@ -348,6 +357,7 @@ def parse_grid(data: Mapping[str, Any], source: str = "grid") -> GridSpec:
         checkpoint_glob=_optional_str(f"{source}: checkpoint_glob", data.get("checkpoint_glob")),
         summary_file=_optional_str(f"{source}: summary_file", data.get("summary_file")),
         timeout_s=None if timeout is None else float(timeout),
+        plot_exclude=plot_exclude,
     )
     if spec.command is not None:
         check_command_template(spec.command)
@@ -893,6 +903,7 @@ class SweepResult:
     baseline: str | None
     dry_run: bool = False
     files: dict[str, Path] = field(default_factory=dict)
+    plot_exclude: tuple[str, ...] = ()  # methods not drawn (a diverged one flattens the rest)
 
     @property
     def failed(self) -> list[CellResult]:
@@ -1079,13 +1090,14 @@ def plot_vs_parameter(result: SweepResult, out_dir: Path) -> list[Path]:
     are drawn as horizontal reference lines with a ± std band."""
     from logitkd.analysis.plots import errorbar_plot
 
-    keys = list(dict.fromkeys(k for row in result.rows for k, v in row.swept if _numeric(v)))
+    rows = [r for r in result.rows if r.method not in result.plot_exclude]
+    keys = list(dict.fromkeys(k for row in rows for k, v in row.swept if _numeric(v)))
     paths: list[Path] = []
     for key in keys:
         for metric in result.metrics:
             series: dict[str, tuple[list[float], list[float], list[float]]] = {}
             refs: dict[str, tuple[float, float]] = {}
-            for row in result.rows:
+            for row in rows:
                 s = row.summaries[metric]
                 swept = dict(row.swept)
                 if key in swept and _numeric(swept[key]):
@@ -1208,7 +1220,9 @@ def run_sweep(
                     CellResult(cell, "unfinished", 0, {}, "not finished (collect only)")
                 )
         rows = build_rows(collected, metrics, baseline_group)
-        result = SweepResult(collected, rows, tuple(metrics), baseline_group)
+        result = SweepResult(
+            collected, rows, tuple(metrics), baseline_group, plot_exclude=spec.plot_exclude
+        )
         result.files = write_reports(result, out_dir)
         return result
     if runner is None:
@@ -1250,7 +1264,9 @@ def run_sweep(
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(work, cells))
     rows = build_rows(results, metrics, baseline_group)
-    result = SweepResult(results, rows, tuple(metrics), baseline_group)
+    result = SweepResult(
+        results, rows, tuple(metrics), baseline_group, plot_exclude=spec.plot_exclude
+    )
     result.files = write_reports(result, out_dir)
     for r in result.failed:
         log(f"FAILED {r.cell.name} ({r.status}, {r.attempts} attempts): {r.error}")
