@@ -28,7 +28,14 @@
 #   TEACHER_STEPS [600] teacher instruction tuning   PRETRAIN_TEACHER [600]  PRETRAIN_STUDENT [300]
 #   EVAL_LIMIT [100] prompts per test file   TRAIN_LIMIT [] training rows (all 4905 when empty)
 #   LOCA_ALPHAS ["0.9 0.99"]   PYTHON [.venv/bin/python]   OMP_NUM_THREADS [2]
+#   METHODS ["sft seqkd kd kd_loca kd_ls"] which student methods to run
+# A second study that reuses the first one's assets and teacher (e.g. a longer schedule):
+#   mkdir -p runs/studies/lm-600 && for d in assets teacher-sft student-pretrained; do
+#     ln -s ../lm/$d runs/studies/lm-600/$d; done
+#   OUT=runs/studies/lm-600 STEPS=600 METHODS="sft kd kd_loca" LOCA_ALPHAS=0.99 bash configs/studies/lm_study.sh
 set -uo pipefail
+METHODS=" ${METHODS:-sft seqkd kd kd_loca kd_ls} "
+want() { [[ "$METHODS" == *" $1 "* ]]; }
 
 SMOKE="${SMOKE:-0}"
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -145,14 +152,18 @@ fi
 for seed in $SEEDS; do
     common=(model.student="$ASSETS/student" train.max_steps="$STEPS" train.seed="$seed")
     kd=("${common[@]}" model.teacher="$TEACHER")
-    cell "sft/s$seed" "$OUT/sft/seed$seed" sft "${common[@]}"
-    cell "seqkd/s$seed" "$OUT/seqkd/seed$seed" seqkd "${kd[@]}" \
+    want sft && cell "sft/s$seed" "$OUT/sft/seed$seed" sft "${common[@]}"
+    want seqkd && cell "seqkd/s$seed" "$OUT/seqkd/seed$seed" seqkd "${kd[@]}" \
         seqkd.generated_file="$OUT/seqkd_train.jsonl"
-    cell "kd/s$seed" "$OUT/kd/seed$seed" distill "${kd[@]}"
-    for a in $LOCA_ALPHAS; do
-        cell "kd_loca$a/s$seed" "$OUT/kd_loca$a/seed$seed" distill "${kd[@]}" distill.loca_alpha="$a"
-    done
-    cell "kd_ls/s$seed" "$OUT/kd_ls/seed$seed" distill "${kd[@]}" distill.standardize=true
+    want kd && cell "kd/s$seed" "$OUT/kd/seed$seed" distill "${kd[@]}"
+    if want kd_loca; then
+        for a in $LOCA_ALPHAS; do
+            cell "kd_loca$a/s$seed" "$OUT/kd_loca$a/seed$seed" distill "${kd[@]}" \
+                distill.loca_alpha="$a"
+        done
+    fi
+    want kd_ls && cell "kd_ls/s$seed" "$OUT/kd_ls/seed$seed" distill "${kd[@]}" \
+        distill.standardize=true
 done
 
 # 4. the table
