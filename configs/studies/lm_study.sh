@@ -21,7 +21,8 @@
 # student ~0.2 s/step; teacher SFT ~0.6 s/step; student SFT ~0.2 s/step, KD ~0.4 s/step (batch 8,
 # <= 192 tokens); one student evaluation ~22 s (EVAL_LIMIT=100, 2 sets x 3 decodes x 48 tokens);
 # the teacher's answers for SeqKD (4905 prompts, once) ~5 min. With the defaults: assets ~8 min,
-# teacher ~8 min, ~13 min per seed, i.e. ~60 min for 3 seeds. SMOKE=1: ~6 min (start-up bound).
+# teacher ~8 min, ~13 min per seed, i.e. ~60 min for 3 seeds (measured: 78 min, the first 25 with
+# other jobs on the cores; seeds 1 and 2 took 12 min each). SMOKE=1: ~6 min (start-up bound).
 #
 # Environment (defaults in brackets; SMOKE=1 changes them to toy sizes):
 #   OUT [runs/studies/lm]   SEEDS ["0 1 2"]   STEPS [300] student steps per method
