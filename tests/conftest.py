@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,36 +29,75 @@ def shared_dir() -> Path:
 
 @dataclass
 class LaunchResult:
-    returncode: int | None  # None: killed after the ranks had finished (teardown hang)
+    returncode: int | None  # None: the ranks finished their work, the launcher did not exit cleanly
     stdout: str
     stderr: str
 
 
+def _kill_marked(marker: str) -> list[int]:
+    """SIGKILL every process whose command line contains ``marker`` (Linux ``/proc``).
+
+    torchrun starts its ranks in sessions of their own and, when it gives up on a hung rank,
+    exits and leaves it to init: neither its process group nor its children find it then.
+    """
+    proc_dir = Path("/proc")
+    killed: list[int] = []
+    if not proc_dir.is_dir():
+        return killed
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
 def _launch(
-    cmd: list[str], env: dict[str, str], finished: Callable[[], bool], timeout: float
+    cmd: list[str], env: dict[str, str], finished: Callable[[], bool], timeout: float, marker: str
 ) -> LaunchResult:
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        return LaunchResult(proc.returncode, out, err)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        if not finished():  # a real hang or a slow run: fail with what it printed
-            pytest.fail(f"{cmd[:3]}... timed out after {timeout} s\n{out[-2000:]}\n{err[-3000:]}")
+    # Output goes to files, not pipes: a rank left behind would hold a pipe open forever.
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
+        with out_path.open("w") as out_f, err_path.open("w") as err_f:
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=out_f, stderr=err_f, text=True, start_new_session=True
+            )
+            try:
+                rc: int | None = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                rc = None
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            leftovers = _kill_marked(marker)  # no rank outlives its test
+        out, err = out_path.read_text(), err_path.read_text()
+    if leftovers:
+        err += f"\n[launch_ranks] killed {len(leftovers)} process(es) left running: {leftovers}"
+    if rc == 0:
+        return LaunchResult(0, out, err)
+    if finished():  # every rank wrote its results; the launcher hung or failed in teardown
         return LaunchResult(None, out, err)
+    what = f"timed out after {timeout} s" if rc is None else f"exited with {rc}"
+    pytest.fail(f"{cmd[:3]}... {what} before the ranks finished\n{out[-2000:]}\n{err[-3000:]}")
 
 
 @pytest.fixture
 def launch_ranks() -> Callable[..., LaunchResult]:
-    """Run a multi-process (torchrun/gloo) command; ``launch(cmd, env, finished, timeout)``.
+    """Run a multi-process (torchrun/gloo) command: ``launch(cmd, env, finished, timeout,
+    marker)``; ``marker`` is a string in every rank's command line (e.g. the test's tmp dir).
 
     gloo sometimes hangs or aborts in teardown after every rank finished its work
-    (MACHINE-NOTES: 2 of 33 runs). If the command outlives ``timeout`` but ``finished()`` says
-    every rank wrote its results, the process group is killed and the result has
-    ``returncode=None``; otherwise the test fails with the output.
+    (MACHINE-NOTES: 2 of 33 runs; seen here too: torchrun exited, one rank stayed in teardown).
+    A clean exit gives ``returncode=0``. If the launcher fails or outlives ``timeout`` but
+    ``finished()`` says every rank wrote its results, the result has ``returncode=None`` (the
+    caller checks those results); otherwise the test fails with the output. Any process still
+    carrying ``marker`` afterwards is killed, so no rank outlives its test.
     """
     return _launch

@@ -41,12 +41,12 @@ def test_two_process_ddp_training(lm_assets, tmp_path, launch_ranks):
         torchrun, "--standalone", "--nproc_per_node", "2",
         str(HERE / "_lm_helpers.py"), asset_dir, str(tmp_path),
     ]  # fmt: skip
-    proc = launch_ranks(cmd, env, lambda: len(list(tmp_path.glob("rank*.json"))) == 2, 240)
+    # gloo occasionally hangs or aborts in teardown after both ranks finished (MACHINE-NOTES):
+    # launch_ranks then reports returncode None, and the results below are still checked.
+    done = lambda: len(list(tmp_path.glob("rank*.json"))) == 2  # noqa: E731
+    proc = launch_ranks(cmd, env, done, 240, str(tmp_path))
     files = sorted(tmp_path.glob("rank*.json"))
-    if proc.returncode not in (0, None):
-        # gloo occasionally aborts at interpreter exit after both ranks finished (MACHINE-NOTES)
-        exit_abort = "terminate called without an active exception" in proc.stderr
-        assert exit_abort and len(files) == 2, proc.stderr[-3000:]
+    assert proc.returncode in (0, None) and len(files) == 2, proc.stderr[-3000:]
     results = [json.loads(f.read_text()) for f in files]
     assert sorted(r["rank"] for r in results) == [0, 1]
     for r in results:

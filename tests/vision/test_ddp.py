@@ -61,7 +61,7 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path, laun
         "data.batch_size=16", f"run_dir={ddp_dir}", "--device", "cpu",
     ]  # fmt: skip
     # last.pt and summary.json are written by rank 0 after the last step and evaluation.
-    proc = launch_ranks(cmd, env, lambda: (ddp_dir / "summary.json").is_file(), 240)
+    proc = launch_ranks(cmd, env, lambda: (ddp_dir / "summary.json").is_file(), 240, str(ddp_dir))
     assert proc.returncode in (0, None), proc.stdout[-3000:] + proc.stderr[-3000:]
 
     single_dir = tmp_path / "single"
