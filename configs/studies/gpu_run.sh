@@ -5,10 +5,11 @@
 #       bash configs/studies/gpu_run.sh --teacher-epochs 15 --max-epochs 30
 # The session copied the .gz files to .gpu_data/fashion-mnist/ (git-ignored) and sent that along.
 set -u
+mkdir -p "$OUT"
 S=$OUT/setup.log
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch,sys;print(torch.__version__, sys.version.split()[0])"; } >"$S" 2>&1
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
-mkdir -p "$OUT" $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
 if command -v nvidia-cuda-mps-control >/dev/null; then
   nvidia-cuda-mps-control -d >>"$S" 2>&1  # "already running" on a warm machine is fine
   if timeout 45 python3 -c "import torch; x=torch.ones(4,device='cuda'); print('mps client ok', float(x.sum()))" >>"$S" 2>&1; then
