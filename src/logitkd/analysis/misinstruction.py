@@ -275,67 +275,27 @@ def lm_misinstruction_bar_plot(
 
 
 def lm_misinstruction_on_records(
-    teacher_model: nn.Module,
-    tokenizer: Any,
-    records: Sequence[Any],
-    *,
-    max_prompt_length: int = 256,
-    max_length: int = 512,
-    prompt_truncation: str = "left",
-    batch_size: int = 8,
-    vocab_size: int | None = None,
+    teacher_model: nn.Module, tokenizer: Any, records: Sequence[Any], **kwargs: Any
 ) -> tuple[Any, Any]:
-    """Token mis-instruction of ``teacher_model`` on instruction records, as ``lm evaluate``.
+    """Token mis-instruction of ``teacher_model`` on instruction records, tokenised and batched
+    exactly as ``logitkd lm evaluate`` does: :func:`logitkd.lm.rouge.token_misinstruction_on_records`
+    (same keyword arguments). Returns ``(MisinstructionStats, TokenizationStats)``."""
+    from logitkd.lm.rouge import token_misinstruction_on_records
 
-    The records (:class:`~logitkd.lm.data.InstructionRecord`) go through the path
-    ``logitkd lm evaluate`` uses for its teacher: :func:`logitkd.lm.data.tokenize_records`
-    (Alpaca template, response-only labels, the truncation rule of :mod:`logitkd.lm.data`),
-    :func:`logitkd.lm.data.collate_batch` (right padding) over consecutive groups of
-    ``batch_size`` examples, then :func:`lm_misinstruction`. Defaults are those of
-    :class:`logitkd.lm.config.DataSection` and ``GenerationSection.batch_size``.
-    Returns ``(MisinstructionStats, TokenizationStats)``.
-    """
-    from logitkd.lm.data import collate_batch, tokenize_records
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not records:
-        raise ValueError("records must not be empty")
-    pad = tokenizer.pad_token_id
-    examples, tok_stats = tokenize_records(
-        tokenizer, records, max_prompt_length, max_length, prompt_truncation
-    )
-    # A generator: only one padded batch is alive at a time.
-    batches = (
-        collate_batch(examples[i : i + batch_size], pad)
-        for i in range(0, len(examples), batch_size)
-    )
-    return lm_misinstruction(teacher_model, batches, vocab_size=vocab_size), tok_stats
+    return token_misinstruction_on_records(teacher_model, tokenizer, records, **kwargs)
 
 
 def lm_misinstruction_counts(stats: Any) -> dict[str, int]:
-    """Integer counts behind a :class:`~logitkd.lm.rouge.MisinstructionStats`.
-
-    ``mis = ratio * n`` for each group (all, first response token, later tokens). The stats keep
-    only ``ratio = mis / n`` in float64, whose relative error is at most 2**-53, so
-    ``round(ratio * n)`` recovers ``mis`` exactly for any realistic ``n``; a NaN ratio (empty
-    group) gives 0. ``mis_first + mis_rest == mis`` is checked.
-    """
-
-    def mis(ratio: float, n: int) -> int:
-        return 0 if n == 0 else round(ratio * n)
-
-    counts = {
-        "tokens": int(stats.n_tokens),
-        "mis": mis(stats.ratio, stats.n_tokens),
-        "first_tokens": int(stats.n_first),
-        "mis_first": mis(stats.ratio_first, stats.n_first),
-        "later_tokens": int(stats.n_rest),
-        "mis_later": mis(stats.ratio_rest, stats.n_rest),
+    """The integer counts of a :class:`~logitkd.lm.rouge.MisinstructionStats` by group (all
+    response tokens, the first response token, later tokens), under the JSON report's keys."""
+    return {
+        "tokens": stats.n_tokens,
+        "mis": stats.n_mis,
+        "first_tokens": stats.n_first,
+        "mis_first": stats.n_mis_first,
+        "later_tokens": stats.n_rest,
+        "mis_later": stats.n_mis_rest,
     }
-    if counts["mis_first"] + counts["mis_later"] != counts["mis"]:
-        raise ValueError(f"inconsistent mis-instruction stats: {stats!r}")
-    return counts
 
 
 def lm_misinstruction_markdown(stats_by_teacher: Mapping[str, Any]) -> str:

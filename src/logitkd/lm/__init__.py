@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "rouge_l_fmeasure": "rouge",
     "rouge_l_per_sample": "rouge",
     "summarize_over_seeds": "rouge",
+    "token_misinstruction_on_records": "rouge",
     "token_misinstruction_ratio": "rouge",
     # distillation: chunked loss, trainer, configs, methods
     "ChunkedLoss": "chunked",

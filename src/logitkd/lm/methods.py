@@ -33,7 +33,6 @@ from logitkd.lm.config import LMConfig
 from logitkd.lm.data import (
     InstructionCollator,
     InstructionRecord,
-    collate_batch,
     read_instruction_jsonl,
     tokenize_records,
 )
@@ -47,7 +46,7 @@ from logitkd.lm.models import (
     load_tokenizer,
     train_tokenizer,
 )
-from logitkd.lm.rouge import evaluate_rouge, summarize_over_seeds, token_misinstruction_ratio
+from logitkd.lm.rouge import evaluate_rouge, summarize_over_seeds, token_misinstruction_on_records
 
 __all__ = [
     "LoadedModels",
@@ -442,17 +441,16 @@ def _misinstruction(
 ) -> dict[str, float | int]:
     teacher = models.teacher
     assert teacher is not None
-    examples, _ = tokenize_records(
+    stats, _ = token_misinstruction_on_records(
+        teacher,
         models.tokenizer,
         records,
-        cfg.data.max_prompt_length,
-        cfg.data.max_length,
-        cfg.data.prompt_truncation,
+        max_prompt_length=cfg.data.max_prompt_length,
+        max_length=cfg.data.max_length,
+        prompt_truncation=cfg.data.prompt_truncation,
+        batch_size=cfg.generation.batch_size,
+        vocab_size=models.vocab_size,
     )
-    pad = models.tokenizer.pad_token_id
-    bs = cfg.generation.batch_size
-    batches = [collate_batch(examples[i : i + bs], pad) for i in range(0, len(examples), bs)]
-    stats = token_misinstruction_ratio(teacher, batches, vocab_size=models.vocab_size)
     return {
         "ratio": stats.ratio,
         "ratio_first": stats.ratio_first,

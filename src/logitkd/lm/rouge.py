@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from logitkd.calibration import misinstruction_mask
-from logitkd.lm.data import IGNORE_INDEX
+from logitkd.lm.data import IGNORE_INDEX, TokenizationStats, collate_batch, tokenize_records
 
 __all__ = [
     "MisinstructionStats",
@@ -35,6 +35,7 @@ __all__ = [
     "rouge_l_fmeasure",
     "rouge_l_per_sample",
     "summarize_over_seeds",
+    "token_misinstruction_on_records",
     "token_misinstruction_ratio",
 ]
 
@@ -121,15 +122,34 @@ class MisinstructionStats:
 
     ``ratio`` over all scored tokens; ``ratio_first`` over the first response token of each
     sequence (the hardest to predict from the prompt alone); ``ratio_rest`` over the others.
-    A group with no tokens has ratio ``nan``.
+    A group with no tokens has ratio ``nan``. The counts are the state; the ratios derive from
+    them (``ratio = n_mis / n_tokens``), so exact counts are always at hand.
     """
 
-    ratio: float
-    ratio_first: float
-    ratio_rest: float
     n_tokens: int
     n_first: int
-    n_rest: int
+    n_mis: int
+    n_mis_first: int
+
+    @property
+    def n_rest(self) -> int:
+        return self.n_tokens - self.n_first
+
+    @property
+    def n_mis_rest(self) -> int:
+        return self.n_mis - self.n_mis_first
+
+    @property
+    def ratio(self) -> float:
+        return _ratio(self.n_mis, self.n_tokens)
+
+    @property
+    def ratio_first(self) -> float:
+        return _ratio(self.n_mis_first, self.n_first)
+
+    @property
+    def ratio_rest(self) -> float:
+        return _ratio(self.n_mis_rest, self.n_rest)
 
 
 def _ratio(num: int, den: int) -> float:
@@ -180,11 +200,40 @@ def token_misinstruction_ratio(
         teacher_model.train(was_training)
     if n_tok == 0:
         raise ValueError("batches contain no response tokens (every label is -100)")
-    return MisinstructionStats(
-        ratio=n_mis / n_tok,
-        ratio_first=_ratio(mis_first, n_first),
-        ratio_rest=_ratio(n_mis - mis_first, n_tok - n_first),
-        n_tokens=n_tok,
-        n_first=n_first,
-        n_rest=n_tok - n_first,
+    return MisinstructionStats(n_tokens=n_tok, n_first=n_first, n_mis=n_mis, n_mis_first=mis_first)
+
+
+def token_misinstruction_on_records(
+    teacher_model: nn.Module,
+    tokenizer: Any,
+    records: Sequence[Any],
+    *,
+    max_prompt_length: int = 256,
+    max_length: int = 512,
+    prompt_truncation: str = "left",
+    batch_size: int = 8,
+    vocab_size: int | None = None,
+) -> tuple[MisinstructionStats, TokenizationStats]:
+    """:func:`token_misinstruction_ratio` of ``teacher_model`` on instruction records.
+
+    The records (:class:`~logitkd.lm.data.InstructionRecord`) are tokenised by
+    :func:`~logitkd.lm.data.tokenize_records` (Alpaca template, response-only labels, the
+    truncation rule of :mod:`logitkd.lm.data`) and batched by
+    :func:`~logitkd.lm.data.collate_batch` (right padding) over consecutive groups of
+    ``batch_size``. The one path behind ``logitkd lm evaluate``'s teacher ratio and ``logitkd
+    analyze lm-misinstruction``. Defaults are those of :class:`logitkd.lm.config.DataSection`.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not records:
+        raise ValueError("records must not be empty")
+    examples, tok_stats = tokenize_records(
+        tokenizer, records, max_prompt_length, max_length, prompt_truncation
     )
+    pad = tokenizer.pad_token_id
+    # A generator: only one padded batch is alive at a time.
+    batches = (
+        collate_batch(examples[i : i + batch_size], pad)
+        for i in range(0, len(examples), batch_size)
+    )
+    return token_misinstruction_ratio(teacher_model, batches, vocab_size), tok_stats
