@@ -828,6 +828,12 @@ def _collect_metrics(
     return metrics, ""
 
 
+def _finished_result(cell: Cell, metrics: Sequence[str], summary_file: str) -> CellResult:
+    """A cell finished earlier: ``skipped`` with its metrics, or ``invalid`` with the reason."""
+    values, err = _collect_metrics(cell, metrics, summary_file)
+    return CellResult(cell, "skipped" if not err else "invalid", 0, values, err)
+
+
 def _run_one(
     cell: Cell,
     runner: Runner,
@@ -839,8 +845,7 @@ def _run_one(
 ) -> CellResult:
     summary_path = cell.cell_dir / summary_file
     if _finished(cell, summary_file):
-        values, err = _collect_metrics(cell, metrics, summary_file)
-        return CellResult(cell, "skipped" if not err else "invalid", 0, values, err)
+        return _finished_result(cell, metrics, summary_file)
     record = _read_record(cell) or {}
     errors: list[str] = list(record.get("errors", []))
     attempts = 0
@@ -1150,6 +1155,19 @@ def write_reports(
 # --------------------------------------------------------------------------------------------
 
 
+def _tabulate(
+    results: list[CellResult],
+    metrics: Sequence[str],
+    baseline_group: str | None,
+    plot_exclude: tuple[str, ...],
+    out_dir: str | Path,
+) -> SweepResult:
+    rows = build_rows(results, metrics, baseline_group)
+    result = SweepResult(results, rows, tuple(metrics), baseline_group, plot_exclude=plot_exclude)
+    result.files = write_reports(result, out_dir)
+    return result
+
+
 def run_sweep(
     spec: GridSpec,
     out_dir: str | Path,
@@ -1208,23 +1226,13 @@ def run_sweep(
     baseline_group = resolve_baseline(cells, baseline if baseline is not None else spec.baseline)
     check_out_dir(cells)
     if collect_only:
-        collected = []
-        for cell in cells:
-            if _finished(cell, spec.summary_file):
-                values, err = _collect_metrics(cell, metrics, spec.summary_file)
-                collected.append(
-                    CellResult(cell, "skipped" if not err else "invalid", 0, values, err)
-                )
-            else:
-                collected.append(
-                    CellResult(cell, "unfinished", 0, {}, "not finished (collect only)")
-                )
-        rows = build_rows(collected, metrics, baseline_group)
-        result = SweepResult(
-            collected, rows, tuple(metrics), baseline_group, plot_exclude=spec.plot_exclude
-        )
-        result.files = write_reports(result, out_dir)
-        return result
+        results = [
+            _finished_result(c, metrics, spec.summary_file)
+            if _finished(c, spec.summary_file)
+            else CellResult(c, "unfinished", 0, {}, "not finished (collect only)")
+            for c in cells
+        ]
+        return _tabulate(results, metrics, baseline_group, spec.plot_exclude, out_dir)
     if runner is None:
         if template is None:
             raise SweepError("no runner: set 'command' in the grid file or pick a --family")
@@ -1263,11 +1271,7 @@ def run_sweep(
     else:
         with ThreadPoolExecutor(max_workers=jobs) as pool:
             results = list(pool.map(work, cells))
-    rows = build_rows(results, metrics, baseline_group)
-    result = SweepResult(
-        results, rows, tuple(metrics), baseline_group, plot_exclude=spec.plot_exclude
-    )
-    result.files = write_reports(result, out_dir)
+    result = _tabulate(results, metrics, baseline_group, spec.plot_exclude, out_dir)
     for r in result.failed:
         log(f"FAILED {r.cell.name} ({r.status}, {r.attempts} attempts): {r.error}")
     return result
