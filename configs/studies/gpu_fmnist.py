@@ -383,9 +383,7 @@ def main() -> int:
     def launch_students(epochs: int) -> subprocess.Popen:
         nonlocal n_cells
         write_student(epochs)
-        from logitkd.analysis.sweep import expand_cells, load_grid
-
-        n_cells = len(expand_cells(load_grid(grid_path), sweep_dir, base_path))
+        n_cells = len(student_dirs(epochs))
         return popen(sweep_cmd("--jobs", str(n_cells), "--retries", "0"), work / "sweep.log")
 
     def student_dirs(epochs: int) -> list[Path]:

@@ -25,7 +25,7 @@ import math
 import pickle
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -996,7 +996,7 @@ def pad_to_size(ds: ArrayDataset, size: int) -> ArrayDataset:
         return ds
     top, left = (size - h) // 2, (size - w) // 2
     images = F.pad(ds.images, (left, size - w - left, top, size - h - top))
-    return ArrayDataset(images, ds.labels, ds.num_classes, ds.mean, ds.std, ds.name, ds.classes)
+    return replace(ds, images=images)
 
 
 def repeat_channels(ds: ArrayDataset, channels: int = 3) -> ArrayDataset:
@@ -1013,14 +1013,11 @@ def repeat_channels(ds: ArrayDataset, channels: int = 3) -> ArrayDataset:
             f"repeat_channels: only a 1-channel set can be repeated to {channels} channels, "
             f"{ds.name or 'the dataset'} has {c}"
         )
-    return ArrayDataset(
-        ds.images.expand(-1, channels, -1, -1).contiguous(),
-        ds.labels,
-        ds.num_classes,
-        ds.mean * channels,
-        ds.std * channels,
-        ds.name,
-        ds.classes,
+    return replace(
+        ds,
+        images=ds.images.expand(-1, channels, -1, -1).contiguous(),
+        mean=ds.mean * channels,
+        std=ds.std * channels,
     )
 
 
