@@ -49,15 +49,6 @@ def tiny_net(in_ch: int = 3, num_classes: int = 10) -> nn.Module:
     )
 
 
-@pytest.fixture
-def one_thread() -> object:
-    """Timing on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits_test() -> object:
     _, test = load_digits_split(seed=0)

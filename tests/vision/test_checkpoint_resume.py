@@ -16,13 +16,7 @@ from logitkd.vision.checkpoint import atomic_save, capture_rng, load_checkpoint,
 from logitkd.vision.config import load_vision_config
 from logitkd.vision.trainer import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 class Crash(RuntimeError):

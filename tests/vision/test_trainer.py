@@ -18,14 +18,7 @@ from logitkd.vision.losses_factory import METHODS, build_loss
 from logitkd.vision.models_small import build_model
 from logitkd.vision.trainer import Trainer, _digits, strong_augment, topk_correct
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread avoids oversubscription on a shared 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _cfg(run_dir: Path, *overrides: str):
