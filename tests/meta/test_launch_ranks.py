@@ -40,6 +40,15 @@ def test_hang_after_the_results_is_killed_and_tolerated(tmp_path: Path, launch_r
     assert res.returncode is None and flag.read_text() == "done"
 
 
+def test_teardown_hang_costs_the_grace_not_the_timeout(tmp_path: Path, launch_ranks) -> None:
+    flag = tmp_path / "rank0.json"
+    start = time.monotonic()
+    res = launch_ranks(_worker(flag, True, "time.sleep(120)"), dict(os.environ), flag.is_file,
+                       120, str(flag), grace=1)  # fmt: skip
+    assert res.returncode is None and time.monotonic() - start < 30
+    assert not _alive(str(flag))
+
+
 def test_failure_after_the_results_is_tolerated(tmp_path: Path, launch_ranks) -> None:
     flag = tmp_path / "rank0.json"
     res = launch_ranks(_worker(flag, True, "sys.exit(134)"), dict(os.environ), flag.is_file, 30,
